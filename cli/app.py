@@ -1,10 +1,46 @@
-"""The `threads-search` command line: one thin command per verb."""
+"""The `threads-search` command line: one thin command per verb, registered in one place.
+
+Command modules import nothing heavy at module level, so `--help` stays fast.
+"""
 
 from __future__ import annotations
 
-import typer
+import sys
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Slide and molecular-profile retrieval after THREADS.")
+import typer
+from typer.core import TyperGroup
+
+from threads_search.errors import ThreadsSearchError
+
+
+class _OneLineErrors(TyperGroup):
+    """Turns a ThreadsSearchError anywhere below into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ThreadsSearchError as error:
+            typer.echo(f"error: {error}", err=True)
+            sys.exit(2)
+
+
+app = typer.Typer(cls=_OneLineErrors, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Slide and molecular-profile retrieval after THREADS: ingest, train, embed, index, search, evaluate.")
+ingest_app = typer.Typer(no_args_is_help=True, help="Bring patch features, expression or mutations into an atlas.")
+app.add_typer(ingest_app, name="ingest")
+
+
+def _register() -> None:
+    from threads_search.cli import atlas_commands, ingest_commands
+
+    app.command("init")(atlas_commands.init)
+    app.command("info")(atlas_commands.info)
+    ingest_app.command("slides")(ingest_commands.slides)
+    ingest_app.command("expression")(ingest_commands.expression)
+    ingest_app.command("mutations")(ingest_commands.mutations)
+
+
+_register()
 
 
 def main() -> None:

@@ -1,0 +1,70 @@
+"""`init` and `info`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from threads_search.cli.render import table
+
+
+def init(atlas: Path = typer.Argument(..., help="Folder to create the atlas in.")) -> None:
+    """Create an empty atlas folder."""
+    from threads_search.atlas import init_atlas
+
+    init_atlas(atlas).close()
+    typer.echo(f"created atlas {atlas}")
+
+
+def info(atlas: Path = typer.Argument(..., help="Atlas folder."),
+         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON.")) -> None:
+    """What an atlas holds: counts by modality and metadata, features, genes, models, indexes."""
+    from threads_search.atlas import open_atlas
+    from threads_search.info import atlas_info
+
+    with open_atlas(atlas, read_only=True) as opened:
+        summary = atlas_info(opened)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+        return
+    typer.echo(_render_info(summary))
+
+
+def _render_info(summary: dict) -> str:
+    items, pairing, features = summary["items"], summary["pairing"], summary["features"]
+    lines = [f"atlas {summary['atlas']}",
+             f"items: {items['slides']} slides, {items['expression']} expression profiles, "
+             f"{items['mutations']} mutation profiles, {summary['patients']} patients",
+             f"pairing: {pairing['slides_with_expression']} slides with expression, "
+             f"{pairing['slides_with_mutations']} with mutations, {pairing['slides_with_both']} with both"]
+    if items["slides"]:
+        low, high = features["patches_per_slide"]
+        lines.append(f"features: dim {features['feature_dim']}, patch encoder {features['patch_encoder'] or 'not recorded'}, "
+                     f"dtype {'/'.join(features['dtypes'])}, {features['patches_total']} patches ({low}-{high} per slide)")
+    for batch in summary["profiles"]:
+        lines.append(f"{batch['modality']}: {batch['samples']} samples x {batch['genes']} genes, scale {batch['scale']} "
+                     f"({batch['scale_reason']}) from {batch['source']}")
+    for column, details in summary["metadata"].items():
+        if "counts" not in details:
+            lines.append(f"{column}: {details['distinct_values']} distinct values")
+            continue
+        parts = []
+        for value, by_modality in details["counts"].items():
+            parts.append(f"{value}=" + "/".join(f"{n} {m}" for m, n in by_modality.items()))
+        lines.append(f"{column}: " + ", ".join(parts))
+    if summary["models"]:
+        lines.append("models:\n" + table([[m["model_id"], m["recipe"], m["created_at"]] for m in summary["models"]],
+                                         ["model", "recipe", "created"]))
+    if summary["embeddings"]:
+        lines.append("embeddings:\n" + table([[e["model_id"], e["modality"], e["vectors"]] for e in summary["embeddings"]],
+                                             ["model", "modality", "vectors"]))
+    if summary["indexes"]:
+        lines.append("indexes:\n" + table([[i["model_id"], i["modality"], i["kind"], i["vectors"],
+                                            f"{i['recall_at_10']:.3f}" if i["recall_at_10"] is not None else "-"]
+                                           for i in summary["indexes"]], ["model", "modality", "kind", "vectors", "recall@10"]))
+    if summary["prototypes"]:
+        lines.append("prototypes:\n" + table([[p["name"], p["label"], p["classes"], p["modality"], p["model_id"]]
+                                              for p in summary["prototypes"]], ["name", "label", "classes", "modality", "model"]))
+    return "\n".join(lines)

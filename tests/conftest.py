@@ -1,0 +1,82 @@
+"""Shared fixtures: small seeded feature files and tables written on tmp_path."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def write_trident(path: Path, features: np.ndarray, encoder: str = "conch_v15", coords: np.ndarray | None = None) -> Path:
+    """A TRIDENT-layout file: `features` (N, D), `coords` (N, 2) int64 with TRIDENT's attributes."""
+    import h5py
+
+    n = features.shape[0]
+    if coords is None:
+        coords = np.stack([np.arange(n) % 50 * 1024, np.arange(n) // 50 * 1024], axis=1).astype(np.int64)
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("features", data=features)
+        dataset = handle.create_dataset("coords", data=coords)
+        dataset.attrs.update({"patch_size": 512, "patch_size_level0": 1024, "level0_magnification": 40,
+                              "target_magnification": 20, "name": path.stem})
+        handle["features"].attrs["encoder"] = encoder
+    return path
+
+
+def write_clam(path: Path, features: np.ndarray) -> Path:
+    import h5py
+
+    n = features.shape[0]
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("features", data=features)
+        coords = handle.create_dataset("coords", data=np.zeros((n, 2), np.int64))
+        coords.attrs.update({"patch_level": 0, "patch_size": 256})
+    return path
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def feature_folder(tmp_path: Path, rng: np.random.Generator) -> Path:
+    """Six TRIDENT files (float16, 768-d) of three patients, two slides each."""
+    folder = tmp_path / "features"
+    folder.mkdir()
+    for patient in range(3):
+        for slide in range(2):
+            n = int(rng.integers(20, 60))
+            write_trident(folder / f"P{patient}-S{slide}.h5", rng.normal(size=(n, 768)).astype(np.float16))
+    return folder
+
+
+@pytest.fixture
+def slide_metadata(tmp_path: Path) -> Path:
+    rows = [[f"P{p}-S{s}", f"P{p}", "siteA" if p < 2 else "siteB", ["luminal", "basal", "her2"][p]]
+            for p in range(3) for s in range(2)]
+    return write_csv(tmp_path / "slides.csv", ["slide_id", "patient_id", "site", "subtype"], rows)
+
+
+@pytest.fixture
+def expression_csv(tmp_path: Path, rng: np.random.Generator) -> Path:
+    """TPM-like expression of the three patients over 40 genes."""
+    genes = [f"G{i:03d}" for i in range(40)]
+    values = np.exp(rng.normal(2, 2, size=(3, 40))).round(3)
+    return write_csv(tmp_path / "expression.csv", ["sample_id"] + genes,
+                     [[f"P{p}-01A"] + list(values[p]) for p in range(3)])
+
+
+@pytest.fixture
+def sample_metadata(tmp_path: Path) -> Path:
+    return write_csv(tmp_path / "samples.csv", ["sample_id", "patient_id"], [[f"P{p}-01A", f"P{p}"] for p in range(3)])

@@ -1,0 +1,160 @@
+"""`ingest slides`: patch-feature files -> the atlas's `slides` and `items` tables.
+
+Files are validated one at a time (features streamed, never held together), so memory stays
+bounded whatever the number of slides; nothing is written until every file has passed, and
+then everything is written in one transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from threads_search.atlas import Atlas, safe_file_name, upsert_item, utc_now
+from threads_search.errors import InputError
+from threads_search.feature_files import FeatureFileInfo, expand_feature_paths, inspect_feature_file
+from threads_search.metadata import apply_metadata, read_metadata_csv
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class IngestReport:
+    """What an ingest call did; `warnings` are one-liners the CLI prints."""
+
+    added: int = 0
+    replaced: int = 0
+    unchanged: int = 0
+    metadata_rows_matched: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def _check_consistent(atlas: Atlas, infos: list[FeatureFileInfo]) -> None:
+    atlas_dim = atlas.meta("feature_dim")
+    expected_dim = int(atlas_dim) if atlas_dim else infos[0].feature_dim
+    first_of_dim = infos[0] if not atlas_dim else None
+    for info in infos:
+        if info.feature_dim != expected_dim:
+            origin = f"{first_of_dim.path} has {expected_dim}" if first_of_dim else f"the atlas holds {expected_dim}-d features"
+            raise InputError(f"{info.path}: feature dimension {info.feature_dim} differs ({origin})")
+    atlas_encoder = atlas.meta("patch_encoder")
+    encoders = {info.patch_encoder for info in infos if info.patch_encoder}
+    if atlas_encoder:
+        encoders.add(atlas_encoder)
+    if len(encoders) > 1:
+        offender = next(i for i in infos if i.patch_encoder and i.patch_encoder != (atlas_encoder or infos[0].patch_encoder)) \
+            if any(i.patch_encoder for i in infos) else infos[0]
+        raise InputError(f"{offender.path}: patch encoder '{offender.patch_encoder}' differs from "
+                         f"'{atlas_encoder or next(iter(encoders - {offender.patch_encoder}))}'; one atlas holds one patch encoder")
+
+
+def _inspect_all(paths: list[Path], progress: Progress | None) -> list[FeatureFileInfo]:
+    infos: list[FeatureFileInfo] = []
+    first_path_of: dict[str, Path] = {}
+    for done, path in enumerate(paths, start=1):
+        info = inspect_feature_file(path)
+        if info.slide_id in first_path_of:
+            raise InputError(f"{path}: duplicate slide id '{info.slide_id}' (also {first_path_of[info.slide_id]})")
+        first_path_of[info.slide_id] = path
+        infos.append(info)
+        if progress:
+            progress(done, len(paths), info.slide_id)
+    return infos
+
+
+def _copy_into_atlas(atlas: Atlas, info: FeatureFileInfo) -> str:
+    relative = f"features/{safe_file_name(info.slide_id)}{info.path.suffix}"
+    destination = atlas.path(relative)
+    temporary = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
+    shutil.copyfile(info.path, temporary)
+    os.replace(temporary, destination)
+    return relative
+
+
+def ingest_slides(atlas: Atlas, feature_paths: list[str | os.PathLike], metadata_csv: str | os.PathLike | None = None,
+                  copy: bool = False, replace: bool = False, strict: bool = False,
+                  progress: Progress | None = None) -> IngestReport:
+    """Validate feature files, then record them (and their metadata) in one transaction."""
+    report = IngestReport()
+    paths = expand_feature_paths(list(feature_paths))
+    metadata = read_metadata_csv(metadata_csv, "slide_id") if metadata_csv else None
+    infos = _inspect_all(paths, progress)
+    _check_consistent(atlas, infos)
+
+    patient_of: dict[str, str] = {}
+    sample_of: dict[str, str | None] = {}
+    if metadata is not None:
+        keys = metadata.keys
+        if metadata.key_column == "slide_id":
+            patients, samples = metadata.column("patient_id"), metadata.column("sample_id")
+            patient_of = {k: str(p) for k, p in zip(keys, patients) if p is not None}
+            sample_of = {k: (str(s) if s is not None else None) for k, s in zip(keys, samples)}
+            file_ids = {info.slide_id for info in infos}
+            orphan_rows = [k for k in keys if k not in file_ids]
+            unmatched_files = [i.slide_id for i in infos if i.slide_id not in set(keys)]
+            if orphan_rows:
+                message = f"{metadata.path}: {len(orphan_rows)} metadata row(s) have no feature file (first: '{orphan_rows[0]}')"
+                if strict:
+                    raise InputError(message)
+                report.warnings.append(message)
+            if unmatched_files:
+                first = next(i for i in infos if i.slide_id == unmatched_files[0])
+                message = f"{first.path}: {len(unmatched_files)} feature file(s) have no metadata row in {metadata.path} (first: '{unmatched_files[0]}')"
+                if strict:
+                    raise InputError(message)
+                report.warnings.append(message)
+
+    existing = {row[0]: row[1] for row in atlas.sql("SELECT slide_id, fingerprint FROM slides").fetchall()}
+    to_write: list[FeatureFileInfo] = []
+    for info in infos:
+        if info.slide_id not in existing:
+            to_write.append(info)
+        elif existing[info.slide_id] == info.fingerprint:
+            report.unchanged += 1
+        elif replace:
+            to_write.append(info)
+            report.replaced += 1
+        else:
+            raise InputError(f"{info.path}: slide id '{info.slide_id}' is already in the atlas from a different file; "
+                             f"pass --replace to replace it")
+    report.added = len(to_write) - report.replaced
+
+    copied: list[Path] = []
+    try:
+        with atlas.transaction():
+            for info in to_write:
+                stored_path = str(info.path)
+                if copy:
+                    stored_path = _copy_into_atlas(atlas, info)
+                    copied.append(atlas.path(stored_path))
+                _write_slide(atlas, info, stored_path, copy,
+                             patient_of.get(info.slide_id),
+                             sample_of.get(info.slide_id))
+            if infos:
+                if not atlas.meta("feature_dim"):
+                    atlas.set_meta("feature_dim", str(infos[0].feature_dim))
+                encoder = next((i.patch_encoder for i in infos if i.patch_encoder), None)
+                if encoder and not atlas.meta("patch_encoder"):
+                    atlas.set_meta("patch_encoder", encoder)
+            if metadata is not None:
+                report.metadata_rows_matched = apply_metadata(atlas, metadata, "slides")
+    except BaseException:
+        for path in copied:
+            path.unlink(missing_ok=True)
+        raise
+    return report
+
+
+def _write_slide(atlas: Atlas, info: FeatureFileInfo, stored_path: str, copied: bool,
+                 patient_id: str | None, sample_id: str | None) -> None:
+    import json
+
+    atlas.sql("DELETE FROM slides WHERE slide_id = ?", [info.slide_id])
+    atlas.sql("INSERT INTO slides VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+        info.slide_id, stored_path, copied, info.file_size, info.file_mtime_ns, info.fingerprint, info.file_format,
+        info.n_patches, info.feature_dim, info.dtype, info.patch_encoder, info.patch_size_level0, info.magnification,
+        json.dumps(info.attrs, sort_keys=True), utc_now()])
+    upsert_item(atlas, "slides", info.slide_id, patient_id, sample_id)
