@@ -36,9 +36,9 @@ def write_clam(path: Path, features: np.ndarray) -> Path:
     return path
 
 
-def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+def write_csv(path: Path, header: list[str], rows: list[list], delimiter: str = ",") -> Path:
     with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
+        writer = csv.writer(handle, delimiter=delimiter)
         writer.writerow(header)
         writer.writerows(rows)
     return path
