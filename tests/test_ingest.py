@@ -179,3 +179,17 @@ def test_referenced_file_that_changes_or_vanishes_is_named(atlas, feature_folder
     (feature_folder / "P1-S0.h5").unlink()
     with pytest.raises(InputError, match="P1-S0.h5: feature file of slide 'P1-S0' has vanished"):
         load_slide_bag(records["P1-S0"])
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_finite_check_agrees_with_numpy(dtype):
+    from threads_search.feature_files import _all_finite
+
+    base = np.random.default_rng(3).normal(size=(50, 8)).astype(dtype)
+    base[4, 2] = np.finfo(dtype).max  # largest finite value is still finite
+    base[5, 3] = -np.finfo(dtype).max
+    assert _all_finite(base)
+    for bad in (np.nan, np.inf, -np.inf):
+        broken = base.copy()
+        broken[17, 6] = bad
+        assert not _all_finite(broken) and not np.isfinite(broken).all()

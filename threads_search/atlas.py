@@ -266,22 +266,35 @@ def default_patient_id(item_id: str) -> str:
     return match.group(1) if match else item_id
 
 
-def upsert_item(atlas: Atlas, modality: str, item_id: str, patient_id: str | None, sample_id: str | None = None) -> int:
-    """Insert an item, or give an existing one a new vector id (its data changed); returns the vid.
+def upsert_items(atlas: Atlas, modality: str, item_ids: list[str], patient_ids: list[str | None],
+                 sample_ids: list[str | None] | None = None) -> None:
+    """Insert items, or give existing ones a new vector id (their data changed), in bulk.
 
     A new vid means embeddings and index entries of the old data can never be mistaken for
     the new; metadata columns (and the patient, unless a new one is given) stay as they were.
     """
-    row = atlas.sql("SELECT vid FROM items WHERE modality = ? AND item_id = ?", [modality, item_id]).fetchone()
-    if row is None:
-        atlas.sql("INSERT INTO items (vid, modality, item_id, patient_id, sample_id) "
-                  "VALUES (nextval('vid_sequence'), ?, ?, ?, ?)",
-                  [modality, item_id, patient_id or default_patient_id(item_id), sample_id])
-    else:
-        atlas.sql("UPDATE items SET vid = nextval('vid_sequence'), patient_id = coalesce(?, patient_id), "
-                  "sample_id = coalesce(?, sample_id) WHERE modality = ? AND item_id = ?",
-                  [patient_id, sample_id, modality, item_id])
-    return atlas.sql("SELECT vid FROM items WHERE modality = ? AND item_id = ?", [modality, item_id]).fetchone()[0]
+    import pyarrow as pa
+
+    if not item_ids:
+        return
+    incoming = pa.table({
+        "item_id": pa.array(item_ids, pa.string()),
+        "patient_id": pa.array(patient_ids, pa.string()),
+        "default_patient_id": pa.array([default_patient_id(i) for i in item_ids], pa.string()),
+        "sample_id": pa.array(sample_ids or [None] * len(item_ids), pa.string()),
+    })
+    atlas.connection.register("incoming_items", incoming)
+    try:
+        atlas.sql("""UPDATE items SET vid = nextval('vid_sequence'), patient_id = coalesce(n.patient_id, items.patient_id),
+                            sample_id = coalesce(n.sample_id, items.sample_id)
+                     FROM incoming_items n WHERE items.modality = ? AND items.item_id = n.item_id""", [modality])
+        atlas.sql("""INSERT INTO items (vid, modality, item_id, patient_id, sample_id)
+                     SELECT nextval('vid_sequence'), ?, n.item_id, coalesce(n.patient_id, n.default_patient_id), n.sample_id
+                     FROM incoming_items n
+                     WHERE NOT EXISTS (SELECT 1 FROM items i WHERE i.modality = ? AND i.item_id = n.item_id)""",
+                  [modality, modality])
+    finally:
+        atlas.connection.unregister("incoming_items")
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from threads_search.atlas import Atlas, upsert_item, utc_now
+from threads_search.atlas import Atlas, upsert_items, utc_now
 from threads_search.errors import InputError
 from threads_search.ingest_slides import IngestReport
 from threads_search.metadata import MetadataTable, apply_metadata, read_metadata_csv
@@ -100,10 +100,10 @@ def _ingest_profile(atlas: Atlas, modality: str, profile: ProfileMatrix, scale: 
                 atlas.sql("INSERT INTO profile_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
                     batch_id, modality, str(profile.path.resolve()), fingerprint, relative, profile.genes, scale, reason,
                     len(profile.sample_ids), utc_now()])
-            for row in new_samples:
-                sample = profile.sample_ids[row]
-                atlas.sql("INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?)", [modality, sample, batch_id, row])
-                upsert_item(atlas, modality, sample, patient_of.get(sample))
+            samples = [profile.sample_ids[row] for row in new_samples]
+            atlas.connection.executemany("INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?)",
+                                         [[modality, sample, batch_id, row] for sample, row in zip(samples, new_samples)])
+            upsert_items(atlas, modality, samples, [patient_of.get(sample) for sample in samples])
             if metadata is not None:
                 report.metadata_rows_matched = apply_metadata(atlas, metadata, modality)
     except BaseException:

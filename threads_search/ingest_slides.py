@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from threads_search.atlas import Atlas, safe_file_name, upsert_item, utc_now
+from threads_search.atlas import Atlas, safe_file_name, upsert_items, utc_now
 from threads_search.errors import InputError
 from threads_search.feature_files import FeatureFileInfo, expand_feature_paths, inspect_feature_file
 from threads_search.metadata import apply_metadata, read_metadata_csv
@@ -125,14 +125,14 @@ def ingest_slides(atlas: Atlas, feature_paths: list[str | os.PathLike], metadata
     copied: list[Path] = []
     try:
         with atlas.transaction():
+            stored_paths = []
             for info in to_write:
-                stored_path = str(info.path)
+                stored_paths.append(_copy_into_atlas(atlas, info) if copy else str(info.path))
                 if copy:
-                    stored_path = _copy_into_atlas(atlas, info)
-                    copied.append(atlas.path(stored_path))
-                _write_slide(atlas, info, stored_path, copy,
-                             patient_of.get(info.slide_id),
-                             sample_of.get(info.slide_id))
+                    copied.append(atlas.path(stored_paths[-1]))
+            _write_slides(atlas, to_write, stored_paths, copy)
+            upsert_items(atlas, "slides", [i.slide_id for i in to_write], [patient_of.get(i.slide_id) for i in to_write],
+                         [sample_of.get(i.slide_id) for i in to_write])
             if infos:
                 if not atlas.meta("feature_dim"):
                     atlas.set_meta("feature_dim", str(infos[0].feature_dim))
@@ -148,13 +148,29 @@ def ingest_slides(atlas: Atlas, feature_paths: list[str | os.PathLike], metadata
     return report
 
 
-def _write_slide(atlas: Atlas, info: FeatureFileInfo, stored_path: str, copied: bool,
-                 patient_id: str | None, sample_id: str | None) -> None:
+def _write_slides(atlas: Atlas, infos: list[FeatureFileInfo], stored_paths: list[str], copied: bool) -> None:
     import json
 
-    atlas.sql("DELETE FROM slides WHERE slide_id = ?", [info.slide_id])
-    atlas.sql("INSERT INTO slides VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
-        info.slide_id, stored_path, copied, info.file_size, info.file_mtime_ns, info.fingerprint, info.file_format,
-        info.n_patches, info.feature_dim, info.dtype, info.patch_encoder, info.patch_size_level0, info.magnification,
-        json.dumps(info.attrs, sort_keys=True), utc_now()])
-    upsert_item(atlas, "slides", info.slide_id, patient_id, sample_id)
+    import pyarrow as pa
+
+    if not infos:
+        return
+    now = utc_now()
+    incoming = pa.table({
+        "slide_id": [i.slide_id for i in infos], "path": stored_paths, "copied": [copied] * len(infos),
+        "file_size": pa.array([i.file_size for i in infos], pa.int64()),
+        "file_mtime_ns": pa.array([i.file_mtime_ns for i in infos], pa.int64()),
+        "fingerprint": [i.fingerprint for i in infos], "file_format": [i.file_format for i in infos],
+        "n_patches": pa.array([i.n_patches for i in infos], pa.int32()),
+        "feature_dim": pa.array([i.feature_dim for i in infos], pa.int32()),
+        "dtype": [i.dtype for i in infos], "patch_encoder": pa.array([i.patch_encoder for i in infos], pa.string()),
+        "patch_size_level0": pa.array([i.patch_size_level0 for i in infos], pa.int32()),
+        "magnification": pa.array([i.magnification for i in infos], pa.float64()),
+        "attrs": [json.dumps(i.attrs, sort_keys=True) for i in infos], "ingested_at": [now] * len(infos),
+    })
+    atlas.connection.register("incoming_slides", incoming)
+    try:
+        atlas.sql("DELETE FROM slides WHERE slide_id IN (SELECT slide_id FROM incoming_slides)")
+        atlas.sql("INSERT INTO slides SELECT * FROM incoming_slides")
+    finally:
+        atlas.connection.unregister("incoming_slides")

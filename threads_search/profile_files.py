@@ -62,7 +62,8 @@ def _read_table(path: Path, comment: str | None = None):
         lines = [line for line in (handle.readline() for _ in range(50)) if line and not (comment and line.startswith(comment))]
     if not lines:
         raise InputError(f"{path}: empty file")
-    delimiter = "\t" if path.suffix in (".tsv", ".txt", ".maf") or lines[0].count("\t") > lines[0].count(",") else ","
+    tabs, commas = lines[0].count("\t"), lines[0].count(",")
+    delimiter = "\t" if tabs > commas or (tabs == commas and path.suffix in (".tsv", ".txt", ".maf")) else ","
     skip = 0
     if comment:
         with open(path, "r", encoding="utf-8", errors="replace") as handle:

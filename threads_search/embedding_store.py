@@ -1,0 +1,81 @@
+"""Embeddings as Parquet parts under `embeddings/<model_id>/`, recorded in the `embeddings` table.
+
+A part is written under a temporary name, renamed, then recorded in one transaction, so an
+interrupted embed job keeps every finished part and resumes after the last one.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import numpy as np
+
+from threads_search.atlas import Atlas, utc_now
+
+
+def write_part(atlas: Atlas, model_id: str, modality: str, vids: np.ndarray, vectors: np.ndarray) -> str:
+    """Store `(n, dim) float32` vectors of items `vids` (int64) as one new part; returns its path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    relative = f"embeddings/{model_id}/{modality}-{uuid.uuid4().hex[:12]}.parquet"
+    destination = atlas.path(relative)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table({"vid": pa.array(np.asarray(vids, dtype=np.int64)),
+                      "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])})
+    temporary = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
+    pq.write_table(table, temporary)
+    os.replace(temporary, destination)
+    try:
+        with atlas.transaction():
+            atlas.sql("INSERT INTO embeddings VALUES (?, ?, ?, ?, ?)", [model_id, modality, relative, len(vids), utc_now()])
+    except BaseException:
+        destination.unlink(missing_ok=True)
+        raise
+    return relative
+
+
+def _parts(atlas: Atlas, model_id: str, modality: str) -> list[str]:
+    rows = atlas.sql("SELECT part FROM embeddings WHERE model_id = ? AND modality = ? ORDER BY created_at, part",
+                     [model_id, modality]).fetchall()
+    return [r[0] for r in rows]
+
+
+def load_embeddings(atlas: Atlas, model_id: str, modality: str, vids: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`(ids (n,) int64, vectors (n, dim) float32)` of items that still exist, in vid order.
+
+    Vectors of replaced items (whose vid changed) are left out; `vids` restricts the result.
+    """
+    import pyarrow.parquet as pq
+
+    current = {r[0] for r in atlas.sql("SELECT vid FROM items WHERE modality = ?", [modality]).fetchall()}
+    wanted = current if vids is None else current & set(vids)
+    all_ids, all_vectors = [], []
+    for part in _parts(atlas, model_id, modality):
+        table = pq.read_table(atlas.path(part))
+        ids = table.column("vid").to_numpy()
+        column = table.column("vector").combine_chunks()
+        vectors = column.flatten().to_numpy().reshape(len(ids), column.type.list_size)
+        keep = np.fromiter((i in wanted for i in ids), bool, len(ids))
+        all_ids.append(ids[keep])
+        all_vectors.append(vectors[keep])
+    if not all_ids:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    ids = np.concatenate(all_ids)
+    vectors = np.concatenate(all_vectors).astype(np.float32)
+    order = np.argsort(ids, kind="stable")
+    ids, vectors = ids[order], vectors[order]
+    unique = np.ones(len(ids), bool)
+    unique[1:] = ids[1:] != ids[:-1]  # a part re-written after an interruption may repeat ids
+    return ids[unique], vectors[unique]
+
+
+def embedded_vids(atlas: Atlas, model_id: str, modality: str) -> set[int]:
+    import pyarrow.parquet as pq
+
+    done: set[int] = set()
+    for part in _parts(atlas, model_id, modality):
+        done.update(pq.read_table(atlas.path(part), columns=["vid"]).column("vid").to_pylist())
+    return done
