@@ -31,13 +31,19 @@ app.add_typer(ingest_app, name="ingest")
 
 
 def _register() -> None:
-    from threads_search.cli import atlas_commands, ingest_commands
+    from threads_search.cli import atlas_commands, ingest_commands, model_commands, search_commands
 
     app.command("init")(atlas_commands.init)
     app.command("info")(atlas_commands.info)
     ingest_app.command("slides")(ingest_commands.slides)
     ingest_app.command("expression")(ingest_commands.expression)
     ingest_app.command("mutations")(ingest_commands.mutations)
+    app.command("train")(model_commands.train)
+    app.command("embed")(model_commands.embed)
+    app.command("index")(model_commands.index)
+    app.command("search")(search_commands.search)
+    app.command("prototypes")(search_commands.prototypes)
+    app.command("classify")(search_commands.classify)
 
 
 _register()

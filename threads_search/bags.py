@@ -26,7 +26,8 @@ class SlideRecord:
 
 def slide_records(atlas: Atlas, where_sql: str | None = None) -> list[SlideRecord]:
     """Atlas slides (optionally filtered by a checked `--where` clause), in vector-id order."""
-    condition = f"AND ({where_sql})" if where_sql else ""
+    # The filter runs on `items` alone, so metadata columns never clash with `slides` columns.
+    condition = f"AND i.vid IN (SELECT vid FROM items WHERE modality = 'slides' AND ({where_sql}))" if where_sql else ""
     rows = atlas.sql(f"""SELECT s.slide_id, i.vid, i.patient_id, s.path, s.copied, s.file_size, s.file_mtime_ns,
                                 s.fingerprint, s.n_patches
                          FROM slides s JOIN items i ON i.modality = 'slides' AND i.item_id = s.slide_id

@@ -1,0 +1,104 @@
+"""`train`, `embed`, `index`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from threads_search.cli.render import progress_bar, table, warn
+
+
+def train(atlas: Path = typer.Argument(..., help="Atlas folder."),
+          where: str = typer.Option(None, "--where", help="SQL over metadata selecting the training slides, e.g. \"cohort = 'train'\"."),
+          epochs: int = typer.Option(30, "--epochs", help="Maximum epochs (early stopping on validation mAP)."),
+          device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (bf16 autocast on CUDA)."),
+          recipe: str = typer.Option(None, "--recipe", help="Model recipe (default: threads-abmil on CUDA, threads-abmil-cpu on CPU)."),
+          batch_size: int = typer.Option(32, "--batch-size", help="Patients per step."),
+          patches: int = typer.Option(2048, "--patches-per-slide", help="Patches sampled per slide per step."),
+          label: str = typer.Option(None, "--label", help="Metadata column for validation relevance (same label = relevant)."),
+          seed: int = typer.Option(0, "--seed"),
+          quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:
+    """Train the slide and molecular encoders contrastively on paired slides and profiles."""
+    from threads_search.atlas import open_atlas
+    from threads_search.train_job import default_recipe, train_atlas_model
+    from threads_search.training import TrainingConfig
+
+    config = TrainingConfig(recipe=recipe or default_recipe(device), epochs=epochs, device=device, batch_size=batch_size,
+                            patches_per_slide=patches, seed=seed)
+    with open_atlas(atlas) as opened, progress_bar("training (epochs)", quiet) as progress:
+        def on_epoch(record) -> None:
+            progress(record.epoch, epochs, "")
+            if not quiet:
+                val = f"{record.val_map:.3f}" if record.val_map is not None else "-"
+                typer.echo(f"  epoch {record.epoch}: loss {record.train_loss:.4f}, validation mAP@5 {val}", err=True)
+
+        result = train_atlas_model(opened, config, where, label, on_epoch=on_epoch)
+    training = result.training
+    typer.echo(f"trained model {result.model_id} ({config.recipe}) on {result.n_slides} slides of {result.n_patients} "
+               f"patients; best epoch {training.best_epoch} of {len(training.history)}, device {training.device}")
+    if training.history and training.initial_val_map is not None:
+        best = max((r.val_map for r in training.history if r.val_map is not None), default=None)
+        typer.echo(f"validation mAP@5: {training.initial_val_map:.3f} before training -> {best:.3f}")
+    typer.echo(f"baseline model {result.baseline_id} (meanpool) fitted on the same selection")
+
+
+def embed(atlas: Path = typer.Argument(..., help="Atlas folder."),
+          model: str = typer.Option(None, "--model", help="Model id or prefix (default: the newest trained model)."),
+          quiet: bool = typer.Option(False, "--quiet")) -> None:
+    """Embed every slide and profile with a model (resumes; skips what is done)."""
+    from threads_search.atlas import open_atlas
+    from threads_search.embed_job import embed_atlas
+    from threads_search.models import resolve_model_id
+
+    with open_atlas(atlas) as opened, progress_bar("embedding slides", quiet) as progress:
+        report = embed_atlas(opened, resolve_model_id(opened, model), progress)
+    warn(report.notes)
+    parts = ", ".join(f"{report.embedded.get(m, 0)} {m} (+{report.skipped.get(m, 0)} already)" for m in report.embedded)
+    typer.echo(f"model {report.model_id}: embedded {parts}")
+
+
+def index(atlas: Path = typer.Argument(..., help="Atlas folder."),
+          model: str = typer.Option(None, "--model", help="Model id or prefix (default: the newest trained model)."),
+          kind: str = typer.Option("auto", "--kind", help="auto | flat | hnsw | ivf | ivfpq."),
+          device: str = typer.Option("auto", "--device", help="auto | cpu | gpu."),
+          max_memory: str = typer.Option(None, "--max-memory", help="Memory budget for an index, e.g. 2GB or 500MB."),
+          rebuild: bool = typer.Option(False, "--rebuild", help="Build anew instead of adding new items."),
+          all_models: bool = typer.Option(False, "--all-models", help="Index every model that has embeddings.")) -> None:
+    """Build (or extend) one FAISS index per modality; recall@10 is measured and recorded."""
+    from threads_search.atlas import open_atlas
+    from threads_search.index_job import build_atlas_indexes
+    from threads_search.models import resolve_model_id
+
+    with open_atlas(atlas) as opened:
+        if all_models:
+            model_ids = [r[0] for r in opened.sql("SELECT DISTINCT model_id FROM embeddings ORDER BY 1").fetchall()]
+        else:
+            model_ids = [resolve_model_id(opened, model)]
+        for model_id in model_ids:
+            report = build_atlas_indexes(opened, model_id, kind, device, parse_bytes(max_memory), rebuild)
+            warn(report.notes)
+            rows = [[m, s["kind"], s["factory"], s["count"], f"{s['recall_at_10']:.3f}", "built"] for m, s in report.built.items()]
+            rows += [[m, "", "", n, "", "added"] for m, n in report.added.items()]
+            rows += [[m, "", "", "", "", "unchanged"] for m in report.unchanged]
+            typer.echo(f"model {model_id}:\n" + table(rows, ["modality", "kind", "factory", "vectors", "recall@10", "action"]))
+
+
+def parse_bytes(text: str | None) -> int | None:
+    """'2GB' / '500MB' / '123' -> bytes."""
+    if text is None:
+        return None
+    from threads_search.errors import InputError
+
+    units = {"TB": 2**40, "GB": 2**30, "MB": 2**20, "KB": 2**10, "B": 1}
+    cleaned = text.strip().upper().replace("IB", "B")
+    for unit, factor in units.items():
+        if cleaned.endswith(unit):
+            number = cleaned[: -len(unit)]
+            break
+    else:
+        number, factor = cleaned, 1
+    try:
+        return int(float(number) * factor)
+    except ValueError:
+        raise InputError(f"--max-memory {text}: expected a size such as 2GB or 500MB") from None

@@ -1,0 +1,119 @@
+"""`search`, `prototypes`, `classify`."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import typer
+
+from threads_search.cli.render import table, warn
+
+MAX_TABLE_COLUMNS = 6
+
+
+def search(atlas: Path = typer.Argument(..., help="Atlas folder."),
+           slide_id: str = typer.Option(None, "--slide-id", help="An atlas slide."),
+           features: Path = typer.Option(None, "--features", help="An unseen TRIDENT/CLAM .h5 (encoded on the fly)."),
+           wsi: Path = typer.Option(None, "--wsi", help="A raw slide (extracted with the atlas's patch encoder)."),
+           sample_id: str = typer.Option(None, "--sample-id", help="An atlas expression or mutation profile."),
+           expression: Path = typer.Option(None, "--expression", help="An expression file (aligned by gene name)."),
+           sample: str = typer.Option(None, "--sample", help="Row of --expression to use."),
+           prototype: str = typer.Option(None, "--prototype", help="NAME:CLASS of a stored prototype set."),
+           target: str = typer.Option("slides", "--target", help="slides | expression | mutations."),
+           k: int = typer.Option(10, "-k", help="Number of hits."),
+           where: str = typer.Option(None, "--where", help="SQL filter over metadata, applied inside the search."),
+           include_same_patient: bool = typer.Option(False, "--include-same-patient", help="Keep hits of the query's own patient."),
+           model: str = typer.Option(None, "--model", help="Model id or prefix (default: the newest trained model)."),
+           label: str = typer.Option(None, "--label", help="Column for the majority-vote line (default: subtype/diagnosis if present)."),
+           mpp: float = typer.Option(None, "--mpp", help="Microns per pixel for --wsi files that lack it."),
+           device: str = typer.Option("auto", "--device", help="auto | cpu | gpu for the index."),
+           output: str = typer.Option("table", "--format", help="table | json | csv.")) -> None:
+    """Nearest neighbours of a slide, feature file, raw slide, profile or prototype."""
+    from threads_search.atlas import open_atlas
+    from threads_search.query import SearchOptions, query_from_arguments, search_atlas
+
+    query = query_from_arguments(slide_id, features, wsi, sample_id, expression, sample, prototype, mpp)
+    options = SearchOptions(target=target, k=k, where=where, include_same_patient=include_same_patient,
+                            model_id=model, label=label, device=device)
+    with open_atlas(atlas, read_only=True) as opened:
+        result = search_atlas(opened, query, options)
+    warn(result.notes)
+    typer.echo(render_hits(result, output))
+
+
+def render_hits(result, output: str) -> str:
+    from threads_search.errors import InputError
+
+    if output == "json":
+        return json.dumps(result.to_json(), indent=2, default=str)
+    columns = ["rank", "id", "modality", "patient_id", "score"]
+    extra = [c for c in (result.hits[0] if result.hits else {}) if c not in columns]
+    if output == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns + extra)
+        writer.writeheader()
+        writer.writerows(result.hits)
+        return buffer.getvalue().rstrip("\n")
+    if output != "table":
+        raise InputError(f"--format {output}: expected table, json or csv")
+    if result.label in extra:
+        extra.remove(result.label)
+        extra.insert(0, result.label)
+    shown = extra[:MAX_TABLE_COLUMNS]
+    rows = [[h["rank"], h["id"], h["patient_id"], f"{h['score']:.4f}"] + [h.get(c) for c in shown] for h in result.hits]
+    query = result.query
+    lines = [f"query: {query['type']} {query['id']} -> {query['target']} (model {query['model_id']})",
+             table(rows, ["rank", "id", "patient", "score"] + shown)]
+    if result.majority():
+        lines.append(result.majority())
+    return "\n".join(lines)
+
+
+def prototypes(atlas: Path = typer.Argument(..., help="Atlas folder."),
+               label: str = typer.Option(..., "--label", help="Metadata column whose classes become prototypes."),
+               modality: str = typer.Option("expression", "--modality", help="expression | mutations | slides."),
+               where: str = typer.Option(None, "--where", help="SQL selecting the members."),
+               name: str = typer.Option(None, "--name", help="Name of the set (default LABEL-MODALITY)."),
+               model: str = typer.Option(None, "--model", help="Model id or prefix.")) -> None:
+    """Class prototypes: the mean normalised embedding of each class (molecular prompting)."""
+    from threads_search.atlas import open_atlas
+    from threads_search.models import resolve_model_id
+    from threads_search.prototypes import build_prototypes
+
+    with open_atlas(atlas) as opened:
+        built = build_prototypes(opened, resolve_model_id(opened, model), label, modality, where, name)
+    typer.echo(f"prototype set '{built.name}' ({built.modality}, model {built.model_id}):\n"
+               + table([[c, n] for c, n in zip(built.classes, built.members)], [label, "members"]))
+
+
+def classify(atlas: Path = typer.Argument(..., help="Atlas folder."),
+             prototypes_name: str = typer.Option(..., "--prototypes", help="Name of a stored prototype set."),
+             where: str = typer.Option(None, "--where", help="SQL selecting the slides."),
+             output: str = typer.Option("table", "--format", help="table | json | csv.")) -> None:
+    """Zero-shot classification of slides by their nearest prototype."""
+    from threads_search.atlas import open_atlas
+    from threads_search.prototypes import classify_slides
+
+    with open_atlas(atlas, read_only=True) as opened:
+        result = classify_slides(opened, prototypes_name, where)
+    records = [{"slide_id": s, "patient_id": p, "predicted": c, "true": t,
+                **{f"score_{name}": round(float(v), 6) for name, v in zip(result.classes, scores)}}
+               for s, p, c, t, scores in zip(result.slide_ids, result.patient_ids, result.predicted, result.truth, result.scores)]
+    accuracy = result.balanced_accuracy()
+    if output == "json":
+        typer.echo(json.dumps({"classes": result.classes, "balanced_accuracy": accuracy, "slides": records}, indent=2))
+        return
+    if output == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+        typer.echo(buffer.getvalue().rstrip("\n"))
+        return
+    rows = [[r["slide_id"], r["predicted"], r["true"]] + [f"{r[f'score_{c}']:.3f}" for c in result.classes] for r in records]
+    typer.echo(table(rows, ["slide", "predicted", "true"] + result.classes))
+    if accuracy is not None:
+        typer.echo(f"balanced accuracy: {accuracy:.3f} over {sum(t is not None for t in result.truth)} labelled slides")

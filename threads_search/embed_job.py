@@ -1,0 +1,78 @@
+"""`embed`: every slide and profile of the atlas through one model -> Parquet embedding parts.
+
+Resumable: items already embedded with the model are skipped, and each finished chunk is
+committed as its own part, so an interrupted run loses at most one chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from threads_search.atlas import Atlas, PROFILE_MODALITIES
+from threads_search.bags import load_slide_bag, slide_records
+from threads_search.embedding_store import embedded_vids, write_part
+from threads_search.ingest_profiles import load_profiles
+from threads_search.models import load_atlas_model
+
+SLIDES_PER_PART = 64
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class EmbedReport:
+    model_id: str
+    embedded: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def embed_atlas(atlas: Atlas, model_id: str, progress: Progress | None = None) -> EmbedReport:
+    """Embed whatever the model has not embedded yet, for every modality the model encodes."""
+    model = load_atlas_model(atlas, model_id)
+    report = EmbedReport(model_id=model_id)
+    _embed_slides(atlas, model, model_id, report, progress)
+    for modality in PROFILE_MODALITIES:
+        if modality in model.modalities:
+            _embed_profiles(atlas, model, model_id, modality, report)
+        elif atlas.sql("SELECT count(*) FROM items WHERE modality = ?", [modality]).fetchone()[0]:
+            report.notes.append(f"model {model_id} has no {modality} encoder; {modality} profiles not embedded")
+    return report
+
+
+def _embed_slides(atlas: Atlas, model, model_id: str, report: EmbedReport, progress: Progress | None) -> None:
+    records = slide_records(atlas)
+    if records:
+        model.check_features(int(atlas.meta("feature_dim")), atlas.meta("patch_encoder"))
+    done = embedded_vids(atlas, model_id, "slides")
+    todo = [r for r in records if r.vid not in done]
+    report.skipped["slides"] = len(records) - len(todo)
+    for start in range(0, len(todo), SLIDES_PER_PART):
+        chunk = todo[start:start + SLIDES_PER_PART]
+        vectors = []
+        for offset, record in enumerate(chunk):
+            vectors.append(model.encode_slide(load_slide_bag(record)))
+            if progress:
+                progress(start + offset + 1, len(todo), record.slide_id)
+        write_part(atlas, model_id, "slides", np.array([r.vid for r in chunk], np.int64), np.stack(vectors))
+    report.embedded["slides"] = len(todo)
+
+
+def _embed_profiles(atlas: Atlas, model, model_id: str, modality: str, report: EmbedReport) -> None:
+    vid_of = dict(atlas.sql("SELECT item_id, vid FROM items WHERE modality = ?", [modality]).fetchall())
+    done = embedded_vids(atlas, model_id, modality)
+    todo = [sample for sample, vid in vid_of.items() if vid not in done]
+    report.skipped[modality] = len(vid_of) - len(todo)
+    report.embedded[modality] = 0
+    if not todo:
+        return
+    encode = model.encode_expression if modality == "expression" else model.encode_mutations
+    for matrix in load_profiles(atlas, modality, todo):
+        vectors, alignment = encode(matrix.values, matrix.genes)
+        if alignment.n_missing:
+            report.notes.append(f"{modality}: {alignment.n_missing} of the model's genes "
+                                f"({alignment.missing_fraction:.0%}) are missing from {matrix.path.name}; filled with training means")
+        write_part(atlas, model_id, modality, np.array([vid_of[s] for s in matrix.sample_ids], np.int64), vectors)
+        report.embedded[modality] += len(matrix.sample_ids)

@@ -1,0 +1,65 @@
+"""Models inside the atlas: `models/<model_id>/` (config.json + model.safetensors) and the `models` table."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from threads_search.atlas import Atlas, utc_now
+from threads_search.errors import AtlasError
+
+BASELINE_RECIPES = ("meanpool",)
+
+
+def store_model(atlas: Atlas, model, provenance: dict | None = None) -> str:
+    """Save a model into the atlas (idempotent: same weights -> same id) and record it."""
+    from threads_search.encoders.checkpoint import model_id as content_id
+    from threads_search.encoders.checkpoint import save_model
+
+    identifier = content_id(model)
+    relative = f"models/{identifier}"
+    created_directory = not atlas.path(relative).exists()
+    save_model(model, atlas.path(relative))
+    try:
+        with atlas.transaction():
+            atlas.sql("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?)",
+                      [identifier, model.recipe, relative, json.dumps(provenance or {}, sort_keys=True, default=str), utc_now()])
+    except BaseException:
+        if created_directory:
+            shutil.rmtree(atlas.path(relative), ignore_errors=True)
+        raise
+    return identifier
+
+
+def resolve_model_id(atlas: Atlas, requested: str | None = None, trained_only: bool = False) -> str:
+    """A full model id from a prefix, or the newest trained model (newest of any kind if none is trained)."""
+    rows = atlas.sql("SELECT model_id, recipe FROM models ORDER BY created_at DESC").fetchall()
+    if not rows:
+        raise AtlasError(f"{atlas.root}: no model yet; run `threads-search train {atlas.root}` first")
+    if requested:
+        matches = [model for model, _ in rows if model.startswith(requested)]
+        if len(matches) != 1:
+            known = ", ".join(f"{m} ({r})" for m, r in rows)
+            raise AtlasError(f"--model {requested}: {'no' if not matches else 'several'} matching model(s); known: {known}")
+        return matches[0]
+    trained = [model for model, recipe in rows if recipe not in BASELINE_RECIPES]
+    if trained:
+        return trained[0]
+    if trained_only:
+        raise AtlasError(f"{atlas.root}: no trained model yet; run `threads-search train {atlas.root}` first")
+    return rows[0][0]
+
+
+def load_atlas_model(atlas: Atlas, model_id: str):
+    """The model object for a recorded id (verified against its content hash)."""
+    from threads_search.encoders.checkpoint import load_model
+
+    row = atlas.sql("SELECT path FROM models WHERE model_id = ?", [model_id]).fetchone()
+    if row is None:
+        raise AtlasError(f"model {model_id} is not in {atlas.root}")
+    return load_model(atlas.path(row[0]))
+
+
+def baseline_model_id(atlas: Atlas) -> str | None:
+    row = atlas.sql("SELECT model_id FROM models WHERE recipe = 'meanpool' ORDER BY created_at DESC LIMIT 1").fetchone()
+    return row[0] if row else None
