@@ -31,7 +31,7 @@ app.add_typer(ingest_app, name="ingest")
 
 
 def _register() -> None:
-    from threads_search.cli import atlas_commands, eval_commands, ingest_commands, model_commands, search_commands
+    from threads_search.cli import atlas_commands, eval_commands, extract, ingest_commands, model_commands, search_commands
 
     app.command("init")(atlas_commands.init)
     app.command("info")(atlas_commands.info)
@@ -46,6 +46,10 @@ def _register() -> None:
     app.command("classify")(search_commands.classify)
     app.command("eval")(eval_commands.evaluate)
     app.command("fewshot")(eval_commands.fewshot)
+    from threads_search.cli import demo_commands
+
+    app.command("demo")(demo_commands.demo)
+    app.command("extract")(extract.extract)
 
 
 _register()

@@ -1,0 +1,66 @@
+"""`extract WSI... --out DIR`: patch features from raw slides, in TRIDENT's layout."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import typer
+
+from threads_search.cli.render import table
+
+
+@contextlib.contextmanager
+def _slide_and_patch_bars(quiet: bool) -> Iterator[Callable | None]:
+    """A progress callback drawing two bars on stderr (slides, patches of the current slide)."""
+    if quiet or not (sys.stderr.isatty() or os.environ.get("THREADS_SEARCH_PROGRESS") == "1"):
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bars:
+        slides = bars.add_task("slides", total=None)
+        patches = bars.add_task("patches", total=None)
+
+        def update(event) -> None:
+            bars.update(slides, total=event.n_slides, completed=event.slide_index)
+            bars.update(patches, description=f"{event.slide_id}", total=event.patches_total or None,
+                        completed=event.patches_done)
+            if event.status in ("done", "skipped", "failed"):
+                bars.update(slides, completed=event.slide_index + 1)
+
+        yield update
+
+
+def extract(
+    wsi: list[Path] = typer.Argument(..., help="Slide files OpenSlide reads (.svs, .tiff, .ndpi, .mrxs, DICOM ...)."),
+    out: Path = typer.Option(..., "--out", help="Folder for <slide_id>.h5 and thumbnails/<slide_id>.png."),
+    patch_encoder: str = typer.Option(
+        "builtin_stain_texture", "--patch-encoder", help="Registered patch encoder (builtin_stain_texture, uni_v1 ...)."
+    ),
+    weights: Path | None = typer.Option(None, "--weights", help="Local weights file for encoders that need one."),
+    mag: float = typer.Option(20.0, "--mag", help="Target magnification (10 / microns per pixel)."),
+    patch_size: int = typer.Option(512, "--patch-size", help="Patch side in pixels at the target magnification."),
+    mpp: float | None = typer.Option(None, "--mpp", help="Microns per pixel at level 0, for slides that lack it."),
+    keep_going: bool = typer.Option(False, "--keep-going", help="Record a slide that fails and go on to the next."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Tissue-segment, tile and encode slides into TRIDENT-layout patch-feature files (resumable)."""
+    from threads_search.wsi.extract import extract_slides
+
+    with _slide_and_patch_bars(quiet) as progress:
+        results = extract_slides(
+            wsi, out, patch_encoder=patch_encoder, weights=weights, target_mag=mag, patch_size=patch_size,
+            mpp=mpp, progress=progress, keep_going=keep_going,
+        )
+    rows = [[r.slide_id, r.status, r.n_patches, f"{r.seconds:.1f}", r.error or r.h5_path] for r in results]
+    typer.echo(table(rows, ["slide", "status", "patches", "seconds", "file / error"]))
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        typer.echo(f"error: {len(failed)} of {len(results)} slides failed", err=True)
+        raise typer.Exit(code=2)
