@@ -1,0 +1,124 @@
+"""embed / index / train jobs over an atlas: resume after interruption, incremental indexing, refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from threads_search.cli.app import app
+
+runner = CliRunner()
+
+
+def cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    from threads_search.synthetic import generate_cohort
+    from threads_search.synthetic_config import quick_config
+
+    return generate_cohort(tmp_path_factory.mktemp("cohort") / "c", quick_config(seed=5))
+
+
+def new_atlas(tmp_path: Path, cohort, slides=None) -> Path:
+    path = tmp_path / "atlas"
+    assert cli("init", path).exit_code == 0
+    assert cli("ingest", "slides", path, *(slides or [cohort.features_dir]), "--metadata", cohort.slides_csv).exit_code == 0
+    assert cli("ingest", "expression", path, cohort.expression_csv, "--metadata", cohort.samples_csv).exit_code == 0
+    return path
+
+
+def store_baseline(path: Path) -> str:
+    from threads_search.atlas import open_atlas
+    from threads_search.models import store_model
+    from threads_search.train_job import _fitted_baseline, paired_dataset
+    from threads_search.training import TrainingConfig
+
+    with open_atlas(path) as atlas:
+        dataset = paired_dataset(atlas)
+        config = TrainingConfig(model={"in_dim": 768, "patch_encoder": atlas.meta("patch_encoder")})
+        return store_model(atlas, _fitted_baseline(dataset, config))
+
+
+def test_embed_resumes_after_an_interruption(tmp_path, cohort, monkeypatch):
+    from threads_search import embed_job, embedding_store
+    from threads_search.atlas import open_atlas
+    from threads_search.embedding_store import load_embeddings
+
+    path = new_atlas(tmp_path, cohort)
+    model_id = store_baseline(path)
+    monkeypatch.setattr(embed_job, "SLIDES_PER_PART", 10)
+    real_write = embedding_store.write_part
+    calls = {"n": 0}
+
+    def failing_write(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C during the third part
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(embed_job, "write_part", failing_write)
+    with open_atlas(path) as atlas, pytest.raises(KeyboardInterrupt):
+        embed_job.embed_atlas(atlas, model_id)
+    with open_atlas(path) as atlas:
+        ids, _ = load_embeddings(atlas, model_id, "slides")
+        assert len(ids) == 20  # two finished parts survive
+    monkeypatch.setattr(embed_job, "write_part", real_write)
+    with open_atlas(path) as atlas:
+        report = embed_job.embed_atlas(atlas, model_id)
+        n_slides = atlas.sql("SELECT count(*) FROM slides").fetchone()[0]
+        ids, vectors = load_embeddings(atlas, model_id, "slides")
+    assert report.skipped["slides"] == 20 and report.embedded["slides"] == n_slides - 20
+    assert len(ids) == n_slides == len(np.unique(ids))
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    again = cli("embed", path, "--model", model_id)
+    assert again.exit_code == 0 and f"0 slides (+{n_slides} already)" in again.output
+
+
+def test_index_takes_new_items_incrementally(tmp_path, cohort):
+    first_half = sorted(cohort.features_dir.glob("*.h5"))[:30]
+    path = new_atlas(tmp_path, cohort, slides=first_half)
+    model_id = store_baseline(path)
+    assert cli("embed", path, "--model", model_id).exit_code == 0
+    built = cli("index", path, "--model", model_id)
+    assert built.exit_code == 0 and "built" in built.output
+    assert cli("ingest", "slides", path, cohort.features_dir, "--metadata", cohort.slides_csv).exit_code == 0
+    assert cli("embed", path, "--model", model_id).exit_code == 0
+    grown = cli("index", path, "--model", model_id)
+    assert grown.exit_code == 0, grown.output
+    n_total = len(list(cohort.features_dir.glob("*.h5")))
+    assert "added" in grown.output
+    from threads_search.atlas import open_atlas
+    from threads_search.index_job import open_index
+
+    with open_atlas(path, read_only=True) as atlas:
+        index = open_index(atlas, model_id, "slides")
+        assert index.count == n_total
+        assert atlas.sql("SELECT n_vectors FROM indexes WHERE modality = 'slides'").fetchone()[0] == n_total
+    unchanged = cli("index", path, "--model", model_id)
+    assert "unchanged" in unchanged.output
+
+
+def test_train_refuses_what_it_cannot_train_on(tmp_path, cohort):
+    path = new_atlas(tmp_path, cohort)
+    nothing = cli("train", path, "--where", "cohort = 'nowhere'", "--quiet")
+    assert nothing.exit_code == 2 and "no slides match" in nothing.output
+    from threads_search.atlas import open_atlas
+
+    with open_atlas(path) as atlas:
+        patient = atlas.sql("SELECT patient_id FROM items WHERE modality = 'slides' AND patient_id IN "
+                            "(SELECT patient_id FROM items WHERE modality = 'expression') LIMIT 1").fetchone()[0]
+    single = cli("train", path, "--where", f"patient_id = '{patient}'", "--quiet", "--epochs", "1")
+    assert single.exit_code == 2 and "need at least 2 patients with both a slide and a profile, found 1" in single.output
+    import torch
+
+    if not torch.cuda.is_available():
+        cuda = cli("train", path, "--device", "cuda", "--quiet", "--epochs", "1")
+        assert cuda.exit_code == 2 and "cuda" in cuda.output.lower()
+    bad_sql = cli("train", path, "--where", "cohort ==", "--quiet")
+    assert bad_sql.exit_code == 2 and "--where" in bad_sql.output
