@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -31,38 +30,50 @@ def _cell(value, interval=None) -> str:
     return text
 
 
+METRIC_NAMES = ("mAP", "Acc", "MV", "mAP_trec")
+# Definitions printed under the tables (the JSON carries all of them).
+PRINTED_DEFINITIONS = tuple(f"{name}@K" for name in METRIC_NAMES) + ("exclusion", "chance", "ci95")
+
+
 def render_evaluation(evaluation, k_focus: int | None = None) -> str:
+    """The model beside mean pooling and chance for every metric and K, then per class at one K
+    (k_focus, else 5, else the smallest K), then the definitions."""
     payload = evaluation.to_json()
     ks = payload["ks"]
-    metrics = [f"{name}@{k}" for k in ks for name in ("mAP", "Acc", "MV", "mAP_trec")]
     baselines = payload["baselines"]
     header = ["metric", "model [95% CI]"] + (["mean pooling"] if "meanpool" in baselines else []) + ["chance"]
     rows = []
-    for metric in metrics:
+    for metric in (f"{name}@{k}" for k in ks for name in METRIC_NAMES):
         row = [metric, _cell(payload["metrics"].get(metric), payload["ci95"].get(metric))]
         if "meanpool" in baselines:
             row.append(_cell(baselines["meanpool"].get(metric)))
         row.append(_cell(baselines["chance"].get(metric)))
         rows.append(row)
     focus = k_focus if k_focus in ks else (5 if 5 in ks else ks[0])
-    per_class = [[label, figures.get("n_queries"), figures.get("n_database"), _cell(figures.get(f"mAP@{focus}")),
-                  _cell(figures.get(f"Acc@{focus}")), _cell(figures.get(f"MV@{focus}"))]
-                 for label, figures in sorted(payload["per_class"].items(), key=lambda item: -(item[1].get("n_database") or 0))]
+    by_size = sorted(payload["per_class"].items(), key=lambda item: (-(item[1].get("n_database") or 0), item[0]))
+    per_class = [[label, figures.get("n_queries"), figures.get("n_database"),
+                  *(_cell(figures.get(f"{name}@{focus}")) for name in ("mAP", "Acc", "MV"))]
+                 for label, figures in by_size]
+    overlap = payload["overlap"]
     lines = [f"{evaluation.queries.modality} -> {evaluation.database.modality}: {payload['n_queries']} queries, "
-             f"{payload['n_database']} database items, model {evaluation.model_id}",
+             f"{payload['n_database']} database items ({overlap['items']} items and {overlap['patients']} patients "
+             f"on both sides), model {evaluation.model_id}",
              table(rows, header), "", f"per class (K = {focus}):",
-             table(per_class, ["class", "queries", "database", f"mAP@{focus}", f"Acc@{focus}", f"MV@{focus}"])]
+             table(per_class, ["class", "queries", "database", f"mAP@{focus}", f"Acc@{focus}", f"MV@{focus}"]), "",
+             "definitions:"]
+    definitions = payload["definitions"]
+    lines += [f"  {name}: {definitions[name]}" for name in PRINTED_DEFINITIONS if name in definitions]
     return "\n".join(lines)
 
 
 def evaluate(atlas: Path = typer.Argument(..., help="Atlas folder."),
              label: str = typer.Option(..., "--label", help="Metadata column: same label = relevant."),
-             queries: str = typer.Option(..., "--queries", help="SQL selecting the queries, e.g. \"cohort = 'heldout'\"."),
+             queries: str = typer.Option(..., "--queries", help="SQL selecting the queries, e.g. cohort = 'heldout'."),
              database: str = typer.Option(..., "--database", help="SQL selecting the database items."),
              query_modality: str = typer.Option("slides", "--query-modality", help="slides | expression | mutations."),
              target: str = typer.Option("slides", "--target", help="slides | expression | mutations."),
              k: str = typer.Option("1,5,10", "-k", help="Cutoffs, comma-separated."),
-             bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap replicates (patients resampled) for 95% CIs."),
+             bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap draws of patients for 95% CIs."),
              seed: int = typer.Option(0, "--seed"),
              model: str = typer.Option(None, "--model", help="Model id or prefix (default: the newest trained model)."),
              json_path: Path = typer.Option(None, "--json", help="Write the report as JSON."),
@@ -73,7 +84,8 @@ def evaluate(atlas: Path = typer.Argument(..., help="Atlas folder."),
 
     ks = parse_ints(k, "-k")
     with open_atlas(atlas, read_only=True) as opened:
-        evaluation = evaluate_atlas(opened, label, queries, database, query_modality, target, ks, bootstrap, seed, model)
+        evaluation = evaluate_atlas(opened, label, queries, database, query_modality, target, ks, bootstrap, seed,
+                                    model)
     warn(list(evaluation.report.warnings) + evaluation.notes)
     typer.echo(render_evaluation(evaluation))
     for path in write_evaluation(evaluation, json_path, plots):
@@ -83,38 +95,59 @@ def evaluate(atlas: Path = typer.Argument(..., help="Atlas folder."),
 def fewshot(atlas: Path = typer.Argument(..., help="Atlas folder."),
             label: str = typer.Option(..., "--label", help="Metadata column with the classes."),
             train_sql: str = typer.Option(..., "--train", help="SQL selecting the labelled pool."),
-            test_sql: str = typer.Option(..., "--test", help="SQL selecting the test slides."),
+            test_sql: str = typer.Option(..., "--test", help="SQL selecting the test items."),
             shots: str = typer.Option("1,2,4,8,16", "--shots", help="Labelled items per class, comma-separated."),
             repeats: int = typer.Option(10, "--repeats", help="Random draws per shot count."),
             seed: int = typer.Option(0, "--seed"),
-            model: str = typer.Option(None, "--model", help="Model id or prefix."),
+            modality: str = typer.Option("slides", "--modality", help="slides | expression | mutations."),
+            model: str = typer.Option(None, "--model", help="Model id or prefix (default: the newest trained model)."),
             json_path: Path = typer.Option(None, "--json", help="Write the curve as JSON."),
             plots: Path = typer.Option(None, "--plots", help="Folder for the PNG curve.")) -> None:
-    """Label efficiency: prototype classification vs a linear probe from k slides per class."""
+    """Label efficiency: prototype classification vs a linear probe from k items per class."""
     from threads_search.atlas import open_atlas, write_json_atomic
     from threads_search.eval_job import fewshot_atlas
 
+    shot_counts = parse_ints(shots, "--shots")
     with open_atlas(atlas, read_only=True) as opened:
-        model_id, curve, notes = fewshot_atlas(opened, label, train_sql, test_sql, parse_ints(shots, "--shots"), repeats, seed, model)
+        model_id, curve, notes = fewshot_atlas(opened, label, train_sql, test_sql, shot_counts, repeats, seed, model,
+                                               modality)
     warn(notes + list(curve.notes))
     summary = curve.to_dict()
+    typer.echo(f"{modality}, model {model_id}, {len(curve.classes)} classes, {repeats} draws per k")
+    typer.echo(render_fewshot(summary))
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        summary.update(model_id=model_id, modality=modality, label=label,
+                       selection={"train": train_sql, "test": test_sql}, notes=notes + summary["notes"])
+        write_json_atomic(json_path, summary)
+        typer.echo(f"wrote {json_path}")
+    if plots:
+        typer.echo(f"wrote {_save_fewshot_plot(curve, plots)}")
+
+
+def render_fewshot(summary: dict) -> str:
+    """Mean ± std over draws of both methods' balanced accuracy and macro AUROC, one row per k."""
     rows = []
     for index, k in enumerate(summary["shots"]):
         row = [k]
         for method in ("prototype", "linear_probe"):
             for metric in ("balanced_accuracy", "macro_auroc"):
-                mean, std = summary["methods"][method][metric]["mean"][index], summary["methods"][method][metric]["std"][index]
+                figures = summary["methods"][method][metric]
+                mean, std = figures["mean"][index], figures["std"][index]
                 row.append("-" if mean is None else f"{mean:.3f} ± {std:.3f}")
         rows.append(row)
-    typer.echo(f"model {model_id}, {len(curve.classes)} classes, {repeats} draws per k")
-    typer.echo(table(rows, ["k", "prototype bal.acc", "prototype AUROC", "probe bal.acc", "probe AUROC"]))
-    if json_path:
-        write_json_atomic(json_path, summary)
-        typer.echo(f"wrote {json_path}")
-    if plots:
-        from threads_search.evaluation import plot_fewshot_curve
+    return table(rows, ["k", "prototype bal.acc", "prototype AUROC", "probe bal.acc", "probe AUROC"])
 
-        plots.mkdir(parents=True, exist_ok=True)
-        figure = plot_fewshot_curve(curve)
-        figure.savefig(plots / "fewshot_curve.png", dpi=150, bbox_inches="tight")
-        typer.echo(f"wrote {plots / 'fewshot_curve.png'}")
+
+def _save_fewshot_plot(curve, folder: Path) -> Path:
+    """fewshot_curve.png in `folder`, written atomically (temp file + rename)."""
+    import os
+
+    from threads_search.evaluation import plot_fewshot_curve
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "fewshot_curve.png"
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    plot_fewshot_curve(curve).savefig(temporary, format="png", dpi=150, bbox_inches="tight")
+    os.replace(temporary, path)
+    return path

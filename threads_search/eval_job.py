@@ -1,85 +1,95 @@
 """`eval` and `fewshot` over the atlas: select queries and database by SQL, take one model's
-embeddings (and the mean-pooling baseline's for the same items), hand them to the evaluator."""
+embeddings (and the mean-pooling baseline's for exactly the same items), hand them to the
+evaluator (`threads_search.evaluation`), which ranks exactly and never returns an item of the
+query's own patient."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from threads_search.atlas import Atlas, quote_identifier
+from threads_search.atlas import MODALITIES, Atlas, quote_identifier
 from threads_search.embedding_store import load_embeddings
 from threads_search.errors import InputError
 from threads_search.filters import check_where
 from threads_search.models import baseline_model_id, resolve_model_id
 
-SITE_COLUMNS = ("site", "cohort", "center", "centre")
+# Metadata columns the metrics are also broken down by (per_group in the JSON), when present.
+GROUP_COLUMNS = ("site", "cohort", "center", "centre")
+# Group value of an item whose site / cohort cell is empty (the evaluator refuses missing keys).
+MISSING_GROUP = "(none)"
 
 
 @dataclass
 class Selection:
-    """Embedded items of one modality with their label, patient and site."""
+    """Embedded, labelled items of one modality, in vid order.
+
+    vids (n,) int64; item_ids, labels, patients: n str each; groups: column -> n str
+    (site, cohort ... values, MISSING_GROUP where empty); vectors (n, dim) float32.
+    """
 
     modality: str
     vids: np.ndarray
     item_ids: list[str]
     labels: list[str]
     patients: list[str]
-    sites: list[str] | None
+    groups: dict[str, list[str]]
     vectors: np.ndarray
+
+    @property
+    def sites(self) -> list[str] | None:
+        """Values of the first group column (site before cohort), or None without one."""
+        return next(iter(self.groups.values()), None)
+
+    @property
+    def keys(self) -> list[str]:
+        """'modality:item_id' per item: the ids the evaluator counts query/database overlap by."""
+        return [f"{self.modality}:{item}" for item in self.item_ids]
 
 
 @dataclass
 class AtlasEvaluation:
+    """One model's retrieval report, the mean-pooling baseline's on the same items (None when
+    the atlas has no usable baseline), the selections, and one-line notes for the reader."""
+
     model_id: str
     report: object  # RetrievalReport of the model
     baseline: object | None  # RetrievalReport of mean pooling on the same items
     queries: Selection
     database: Selection
     notes: list[str] = field(default_factory=list)
+    baseline_id: str | None = None
+    selection: dict = field(default_factory=dict)  # label and the two SQL expressions
+
+    @property
+    def overlap_patients(self) -> int:
+        """Query patients that also have database items (excluded for their own queries)."""
+        return len(set(self.queries.patients) & set(self.database.patients))
 
     def to_json(self) -> dict:
-        """SPEC §5's `eval --json` object, with the baseline and chance beside the model."""
+        """SPEC §5's `eval --json` object (metrics, ci95, per_class, n_queries, n_database,
+        definitions) plus chance and mean pooling under `baselines`, overlap and notes."""
         payload = self.report.to_dict()
-        payload["model_id"] = self.model_id
-        payload["query_modality"], payload["target"] = self.queries.modality, self.database.modality
+        payload.update(model_id=self.model_id, query_modality=self.queries.modality,
+                       target=self.database.modality, selection=dict(self.selection))
+        payload["overlap"] = {"items": payload.get("n_overlap") or 0, "patients": self.overlap_patients}
         payload["baselines"] = {"chance": payload["chance"]["metrics"]}
+        payload["baseline_model_id"] = self.baseline_id
         if self.baseline is not None:
-            payload["baselines"]["meanpool"] = self.baseline.to_dict()["metrics"]
-        payload["notes"] = self.notes
+            baseline = self.baseline.to_dict()
+            payload["baselines"]["meanpool"] = baseline["metrics"]
+            details = ("ci95", "per_class", "precision_at")
+            payload["baseline_details"] = {"meanpool": {key: baseline[key] for key in details}}
+        payload["notes"] = list(self.notes)
         return payload
 
 
-def _site_column(atlas: Atlas) -> str | None:
-    columns = atlas.metadata_columns()
-    return next((c for c in SITE_COLUMNS if c in columns), None)
-
-
-def select(atlas: Atlas, model_id: str, modality: str, label: str, sql: str | None, option: str,
-           notes: list[str]) -> Selection:
-    """Items of `modality` matching `sql` that carry a label and are embedded with the model."""
-    condition = f"AND ({check_where(atlas, sql, option)})" if sql else ""
-    site = _site_column(atlas)
-    site_select = f"CAST({quote_identifier(site)} AS VARCHAR)" if site else "NULL"
-    rows = atlas.sql(f"SELECT vid, item_id, CAST({quote_identifier(label)} AS VARCHAR), patient_id, {site_select} "
-                     f"FROM items WHERE modality = ? {condition} ORDER BY vid", [modality]).fetchall()
-    if not rows:
-        raise InputError(f"{option} \"{sql}\" selects no {modality}" if sql else f"the atlas holds no {modality}")
-    labelled = [r for r in rows if r[2] is not None]
-    if not labelled:
-        raise InputError(f"--label {label}: empty for every {modality} item selected by {option}")
-    if len(labelled) < len(rows):
-        notes.append(f"{len(rows) - len(labelled)} {modality} item(s) selected by {option} have no '{label}' and are left out")
-    ids, vectors = load_embeddings(atlas, model_id, modality, [r[0] for r in labelled])
-    if ids.size == 0:
-        raise InputError(f"no selected {modality} item is embedded with model {model_id}; run `threads-search embed`")
-    if ids.size < len(labelled):
-        notes.append(f"{len(labelled) - ids.size} selected {modality} item(s) are not embedded with model {model_id}")
-    by_vid = {r[0]: r for r in labelled}
-    chosen = [by_vid[int(v)] for v in ids]
-    return Selection(modality, ids, [r[1] for r in chosen], [r[2] for r in chosen], [r[3] for r in chosen],
-                     [r[4] for r in chosen] if site else None, vectors)
+def _check_modality(modality: str, option: str) -> None:
+    if modality not in MODALITIES:
+        raise InputError(f"{option} {modality}: expected one of {', '.join(MODALITIES)}")
 
 
 def _check_label(atlas: Atlas, label: str) -> None:
@@ -88,51 +98,144 @@ def _check_label(atlas: Atlas, label: str) -> None:
         raise InputError(f"--label {label}: no such metadata column (columns: {', '.join(columns) or 'none'})")
 
 
+def _cutoffs(ks) -> tuple[int, ...]:
+    """K values as a sorted tuple (one int is accepted); the evaluator checks their values."""
+    values = (ks,) if isinstance(ks, (int, np.integer)) else tuple(ks)
+    if not values:
+        raise InputError("-k: give at least one cutoff K")
+    return tuple(sorted(set(values)))
+
+
+def select(atlas: Atlas, model_id: str, modality: str, label: str, sql: str | None, option: str,
+           notes: list[str]) -> Selection:
+    """Items of `modality` matching `sql` that carry a label and are embedded with the model.
+
+    Items without a label (NULL or blank) or without an embedding are left out with a note;
+    an empty result is an InputError naming `option`.
+    """
+    condition = f"AND ({check_where(atlas, sql, option)})" if sql and sql.strip() else ""
+    columns = set(atlas.metadata_columns())
+    group_columns = [c for c in GROUP_COLUMNS if c in columns]
+    casts = "".join(f", CAST({quote_identifier(c)} AS VARCHAR)" for c in group_columns)
+    rows = atlas.sql(f"SELECT vid, item_id, CAST({quote_identifier(label)} AS VARCHAR), patient_id{casts} "
+                     f"FROM items WHERE modality = ? {condition} ORDER BY vid", [modality]).fetchall()
+    if not rows:
+        raise InputError(f"{option} \"{sql}\" selects no {modality}" if condition else f"the atlas holds no {modality}")
+    labelled = [r for r in rows if r[2] is not None and r[2].strip()]
+    if not labelled:
+        raise InputError(f"--label {label}: empty for every one of the {len(rows)} {modality} item(s) "
+                         f"selected by {option}")
+    if len(labelled) < len(rows):
+        notes.append(f"{len(rows) - len(labelled)} {modality} item(s) selected by {option} have no '{label}' "
+                     "and are left out")
+    ids, vectors = load_embeddings(atlas, model_id, modality, [r[0] for r in labelled])
+    if ids.size == 0:
+        raise InputError(f"no {modality} item selected by {option} is embedded with model {model_id}; run "
+                         f"`threads-search embed {atlas.root} --model {model_id}` "
+                         f"(needs a model with a {modality} encoder)")
+    if ids.size < len(labelled):
+        notes.append(f"{len(labelled) - ids.size} {modality} item(s) selected by {option} are not embedded with "
+                     f"model {model_id} and are left out")
+    by_vid = {r[0]: r for r in labelled}
+    chosen = [by_vid[int(v)] for v in ids]
+    groups = {column: [r[4 + i] if r[4 + i] is not None else MISSING_GROUP for r in chosen]
+              for i, column in enumerate(group_columns)}
+    return Selection(modality, ids, [r[1] for r in chosen], [r[2] for r in chosen], [r[3] for r in chosen],
+                     groups, vectors)
+
+
+def _same_items(atlas: Atlas, model_id: str, selection: Selection) -> Selection | None:
+    """The selection with another model's vectors, or None unless that model embedded every item."""
+    ids, vectors = load_embeddings(atlas, model_id, selection.modality, selection.vids.tolist())
+    if not np.array_equal(ids, selection.vids):
+        return None
+    return dataclasses.replace(selection, vectors=vectors)
+
+
 def _evaluate(queries: Selection, database: Selection, ks, n_bootstrap: int, seed: int, name: str):
     from threads_search.evaluation import evaluate_retrieval
 
-    extra = {"site": queries.sites} if queries.sites else None
     return evaluate_retrieval(queries.vectors, queries.labels, queries.patients, database.vectors, database.labels,
-                              database.patients, ks=ks, n_bootstrap=n_bootstrap, seed=seed, extra_query_columns=extra,
-                              query_ids=[f"{queries.modality}:{i}" for i in queries.item_ids],
-                              db_ids=[f"{database.modality}:{i}" for i in database.item_ids], name=name)
+                              database.patients, ks=ks, n_bootstrap=n_bootstrap, seed=seed,
+                              extra_query_columns=queries.groups or None, query_ids=queries.keys,
+                              db_ids=database.keys, name=name)
+
+
+def _baseline_report(atlas: Atlas, model_id: str, queries: Selection, database: Selection, ks, n_bootstrap: int,
+                     seed: int, notes: list[str]):
+    """(baseline model id, its RetrievalReport on the same items), or (None, None) with a note."""
+    baseline_id = baseline_model_id(atlas)
+    if baseline_id is None:
+        notes.append("the atlas holds no mean-pooling baseline (`threads-search train` stores one): "
+                     "only chance is shown beside the model")
+        return None, None
+    if baseline_id == model_id:
+        notes.append(f"the evaluated model {model_id} is the mean-pooling baseline itself")
+        return None, None
+    base_queries = _same_items(atlas, baseline_id, queries)
+    base_database = _same_items(atlas, baseline_id, database)
+    if base_queries is None or base_database is None:
+        notes.append(f"mean-pooling baseline {baseline_id} is not embedded for every selected item; "
+                     f"run `threads-search embed {atlas.root} --model {baseline_id}` to compare")
+        return None, None
+    if queries.modality != database.modality:
+        notes.append("mean pooling has no shared slide/profile space: "
+                     "its cross-modal figures are an untrained reference")
+    return baseline_id, _evaluate(base_queries, base_database, ks, n_bootstrap, seed, "mean pooling")
 
 
 def evaluate_atlas(atlas: Atlas, label: str, queries_sql: str | None, database_sql: str | None,
                    query_modality: str = "slides", target: str = "slides", ks=(1, 5, 10), n_bootstrap: int = 1000,
                    seed: int = 0, model_id: str | None = None) -> AtlasEvaluation:
-    """Retrieval metrics of a model (and of mean pooling on the same items) with CIs and chance."""
+    """Retrieval metrics (SPEC §7) of a model, and of mean pooling on the same items, with
+    patient-bootstrap CIs and the exact chance level.
+
+    Relevant = same `label` value; items of a query's own patient are never ranked for it.
+    Items selected on both sides stay on both sides (reported as overlap).
+    """
+    _check_modality(query_modality, "--query-modality")
+    _check_modality(target, "--target")
     _check_label(atlas, label)
+    cutoffs = _cutoffs(ks)
     model_id = resolve_model_id(atlas, model_id)
     notes: list[str] = []
     queries = select(atlas, model_id, query_modality, label, queries_sql, "--queries", notes)
     database = select(atlas, model_id, target, label, database_sql, "--database", notes)
-    if max(ks) > len(database.vids):
-        raise InputError(f"-k {max(ks)}: larger than the database ({len(database.vids)} {target} selected by --database)")
+    if max(cutoffs) > len(database.vids):
+        raise InputError(f"-k {max(cutoffs)}: larger than the database ({len(database.vids)} {target} "
+                         f"selected by --database)")
     recipe = atlas.sql("SELECT recipe FROM models WHERE model_id = ?", [model_id]).fetchone()[0]
-    report = _evaluate(queries, database, ks, n_bootstrap, seed, f"{recipe} {model_id[:8]}")
-    baseline = None
-    baseline_id = baseline_model_id(atlas)
-    if baseline_id and baseline_id != model_id:
-        ignored: list[str] = []
-        base_queries = select(atlas, baseline_id, query_modality, label, queries_sql, "--queries", ignored)
-        base_database = select(atlas, baseline_id, target, label, database_sql, "--database", ignored)
-        if len(base_queries.vids) == len(queries.vids) and len(base_database.vids) == len(database.vids):
-            baseline = _evaluate(base_queries, base_database, ks, n_bootstrap, seed, "mean pooling")
-        else:
-            notes.append(f"mean-pooling baseline {baseline_id} is not embedded for every selected item; "
-                         f"run `threads-search embed --model {baseline_id}` to compare")
-    if query_modality != target and baseline is not None:
-        notes.append("mean pooling has no shared slide/profile space: its cross-modal figures are an untrained reference")
-    return AtlasEvaluation(model_id, report, baseline, queries, database, notes)
+    report = _evaluate(queries, database, cutoffs, n_bootstrap, seed, f"{recipe} {model_id[:8]}")
+    baseline_id, baseline = _baseline_report(atlas, model_id, queries, database, cutoffs, n_bootstrap, seed, notes)
+    evaluation = AtlasEvaluation(model_id, report, baseline, queries, database, notes, baseline_id,
+                                 {"label": label, "queries": queries_sql, "database": database_sql})
+    if evaluation.overlap_patients:
+        notes.append(f"{evaluation.overlap_patients} of the {len(set(queries.patients))} query patients also have "
+                     "database items; those are never ranked for their own patient's queries")
+    return evaluation
+
+
+def _plotted_items(queries: Selection, database: Selection) -> tuple[np.ndarray, list[str], list[str] | None]:
+    """Vectors, labels and sites of every evaluated item once (queries, then database items
+    that are not also queries)."""
+    extra = np.ones(len(database.vids), dtype=bool)
+    if database.modality == queries.modality:
+        extra = ~np.isin(database.vids, queries.vids)
+    vectors = np.concatenate([queries.vectors, database.vectors[extra]])
+    labels = queries.labels + [label for label, keep in zip(database.labels, extra) if keep]
+    if queries.sites is None or database.sites is None:
+        return vectors, labels, None
+    return vectors, labels, queries.sites + [site for site, keep in zip(database.sites, extra) if keep]
 
 
 def write_evaluation(evaluation: AtlasEvaluation, json_path: Path | None, plots_dir: Path | None) -> list[Path]:
-    """The JSON report and the PNG plots; returns the paths written."""
+    """The JSON report and the PNG plots (per-class mAP@K, precision@K, embedding projection);
+    returns the paths written."""
     from threads_search.atlas import write_json_atomic
 
     written = []
     if json_path is not None:
+        json_path = Path(json_path)
         json_path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(json_path, evaluation.to_json())
         written.append(json_path)
@@ -140,26 +243,33 @@ def write_evaluation(evaluation: AtlasEvaluation, json_path: Path | None, plots_
         from threads_search.evaluation import write_plots
 
         reports = [evaluation.report] + ([evaluation.baseline] if evaluation.baseline is not None else [])
-        both = [evaluation.queries] + ([evaluation.database] if evaluation.database.modality != evaluation.queries.modality else [])
-        vectors = np.concatenate([s.vectors for s in both])
-        labels = sum((s.labels for s in both), [])
-        sites = sum((s.sites or [] for s in both), []) or None
-        written += write_plots(reports, plots_dir, embeddings=vectors, embedding_labels=labels, embedding_sites=sites)
+        vectors, labels, sites = _plotted_items(evaluation.queries, evaluation.database)
+        written += write_plots(reports, Path(plots_dir), embeddings=vectors, embedding_labels=labels,
+                               embedding_sites=sites)
     return written
 
 
 def fewshot_atlas(atlas: Atlas, label: str, train_sql: str, test_sql: str, shots=(1, 2, 4, 8, 16), n_repeats: int = 10,
                   seed: int = 0, model_id: str | None = None, modality: str = "slides"):
-    """Prototype classification vs a linear probe from k labelled items per class."""
+    """Prototype classification vs a linear probe from k labelled items per class.
+
+    Returns (model id, FewShotCurve, notes). Train/test overlap is reported, not removed.
+    """
     from threads_search.evaluation import fewshot_curve
 
+    _check_modality(modality, "--modality")
     _check_label(atlas, label)
     model_id = resolve_model_id(atlas, model_id)
     notes: list[str] = []
     train = select(atlas, model_id, modality, label, train_sql, "--train", notes)
     test = select(atlas, model_id, modality, label, test_sql, "--test", notes)
+    shared_items = set(train.item_ids) & set(test.item_ids)
+    if shared_items:
+        notes.append(f"{len(shared_items)} item(s) are in both --train and --test (e.g. {sorted(shared_items)[0]}): "
+                     "the figures are optimistic")
     overlap = set(train.patients) & set(test.patients)
     if overlap:
         notes.append(f"{len(overlap)} patient(s) are in both --train and --test (e.g. {sorted(overlap)[0]})")
-    curve = fewshot_curve(train.vectors, train.labels, test.vectors, test.labels, shots=shots, n_repeats=n_repeats, seed=seed)
+    curve = fewshot_curve(train.vectors, train.labels, test.vectors, test.labels, shots=shots, n_repeats=n_repeats,
+                          seed=seed)
     return model_id, curve, notes
