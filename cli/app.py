@@ -50,6 +50,7 @@ def _register() -> None:
 
     app.command("demo")(demo_commands.demo)
     app.command("extract")(extract.extract)
+    app.command("heatmap")(extract.heatmap)
 
 
 _register()

@@ -1,4 +1,4 @@
-"""`extract WSI... --out DIR`: patch features from raw slides, in TRIDENT's layout."""
+"""`extract WSI... --out DIR`: patch features from raw slides, in TRIDENT's layout; `heatmap`: their attention."""
 
 from __future__ import annotations
 
@@ -64,3 +64,31 @@ def extract(
     if failed:
         typer.echo(f"error: {len(failed)} of {len(results)} slides failed", err=True)
         raise typer.Exit(code=2)
+
+
+def heatmap(
+    atlas: Path = typer.Argument(..., help="Atlas folder."),
+    wsi: Path | None = typer.Option(
+        None, "--wsi", help="A raw slide, extracted like the atlas's slides; with --slide-id only its picture is used."
+    ),
+    slide_id: str | None = typer.Option(None, "--slide-id", help="An atlas slide (features and coords from its file)."),
+    out: Path = typer.Option(..., "--out", help="PNG to write: attention over the thumbnail, with a colour bar."),
+    model: str | None = typer.Option(None, "--model", help="Model id or prefix (default: the newest trained model)."),
+    mpp: float | None = typer.Option(None, "--mpp", help="Microns per pixel at level 0, for --wsi files that lack it."),
+) -> None:
+    """The slide encoder's attention over the tissue: which regions made the match."""
+    from threads_search.atlas import open_atlas
+    from threads_search.cli.render import warn
+    from threads_search.heatmap_job import attention_heatmap
+
+    with open_atlas(atlas, read_only=True) as opened:
+        result = attention_heatmap(opened, out, slide_id=slide_id, wsi=wsi, model_id=model, mpp=mpp)
+    warn(result.notes)
+    top = ", ".join(f"({x}, {y}) {weight:.3f}" for x, y, weight in result.top_patches)
+    typer.echo(f"heatmap of {result.slide_id}: {result.n_patches} patches, mean of {result.n_heads} attention heads of "
+               f"model {result.model_id} ({result.recipe}) over the {result.background} -> {result.path} "
+               f"({result.size[0]} x {result.size[1]} px)")
+    low, high = result.weight_range
+    uniform = 1 / result.n_patches
+    typer.echo(f"attention per patch from {low:.4f} to {high:.4f} (uniform: {uniform:.4f}); colours show ranks")
+    typer.echo(f"most attended patches, level-0 (x, y) and weight: {top}")

@@ -167,17 +167,75 @@ def _resolve_expression_file(model: _LazyModel, query: Query) -> ResolvedQuery:
                                       "modality": "expression", "patient_id": None}, notes=notes)
 
 
-def _resolve_wsi(atlas: Atlas, model: _LazyModel, query: Query) -> ResolvedQuery:
-    from threads_search.wsi.extract import extract_in_memory
+def wsi_extract_config(atlas: Atlas, mpp: float | None = None):
+    """How the atlas's slides were extracted, as an `ExtractConfig` for a new raw slide.
+
+    The patch encoder is the atlas's; magnification (x), patch size (px at that
+    magnification) and minimum tissue fraction are the most common values the atlas's feature
+    files record (`extract`'s defaults where none do). Returns (config, notes); a note says
+    when the atlas mixes settings.
+    """
+    import json
+
+    from threads_search.wsi.extract import ExtractConfig
 
     encoder = atlas.meta("patch_encoder")
     if not encoder:
         raise InputError(f"{atlas.root}: the atlas records no patch encoder, so a raw slide cannot be encoded like its slides")
-    features, coords, attrs = extract_in_memory(query.wsi, patch_encoder=encoder, mpp=query.mpp)
-    model.get().check_features(features.shape[1], encoder)
-    vector = model.get().encode_slide(features)
-    return ResolvedQuery(vector, {"type": "wsi", "id": Path(query.wsi).stem, "file": str(query.wsi), "modality": "slides",
-                                  "patient_id": None, "patches": int(features.shape[0])})
+    settings: Counter = Counter()
+    tissue_fractions: Counter = Counter()
+    for magnification, attrs_json in atlas.sql("SELECT magnification, attrs FROM slides").fetchall():
+        attrs = json.loads(attrs_json or "{}")
+        if magnification is not None and attrs.get("patch_size") is not None:
+            settings[(float(magnification), int(attrs["patch_size"]))] += 1
+        if attrs.get("min_tissue_fraction") is not None:
+            tissue_fractions[float(attrs["min_tissue_fraction"])] += 1
+    defaults = ExtractConfig()
+    magnification, patch_size = (settings.most_common(1)[0][0] if settings
+                                 else (defaults.target_magnification, defaults.patch_size))
+    notes = []
+    if len(settings) > 1:
+        mixed = ", ".join(f"{m:g}x/{p} px on {n}" for (m, p), n in settings.most_common())
+        notes.append(f"atlas slides mix extraction settings ({mixed}); the query slide uses {magnification:g}x/{patch_size} px")
+    tissue = tissue_fractions.most_common(1)[0][0] if tissue_fractions else defaults.min_tissue_fraction
+    config = ExtractConfig(patch_encoder=encoder, target_magnification=magnification, patch_size=patch_size, mpp=mpp,
+                           min_tissue_fraction=tissue)
+    return config, notes
+
+
+def extract_like_atlas(atlas: Atlas, wsi: Path, mpp: float | None = None, model=None):
+    """A raw slide's patch features (in memory), extracted as the atlas's slides were.
+
+    Returns (SlideFeatures, notes). A patch encoder that cannot run here (unknown name,
+    local weights needed) is refused with a ModelMismatchError naming it; with `model`, features
+    the model was not built for are refused before any patch is read.
+    """
+    from threads_search.encoders.patch import create_patch_encoder
+    from threads_search.errors import ModelMismatchError
+    from threads_search.wsi.extract import extract_slide, resolve_device
+
+    config, notes = wsi_extract_config(atlas, mpp)
+    try:
+        encoder = create_patch_encoder(config.patch_encoder, device=resolve_device(config.device))
+    except InputError as error:
+        raise ModelMismatchError(
+            f"{wsi}: cannot encode it like the atlas's slides, whose patch encoder is '{config.patch_encoder}' ({error}); "
+            f"run `threads-search extract` on it with that encoder and search with --features") from None
+    if model is not None and encoder.output_dim is not None:
+        model.check_features(encoder.output_dim, encoder.name)
+    slide = extract_slide(wsi, config, encoder=encoder)
+    if model is not None:
+        model.check_features(slide.features.shape[1], encoder.name)
+    return slide, notes
+
+
+def _resolve_wsi(atlas: Atlas, model: _LazyModel, query: Query) -> ResolvedQuery:
+    slide, notes = extract_like_atlas(atlas, query.wsi, query.mpp, model.get())
+    vector = model.get().encode_slide(slide.features)
+    info = {"type": "wsi", "id": slide.slide_id, "file": str(query.wsi), "modality": "slides", "patient_id": None,
+            "patches": int(slide.features.shape[0]), "patch_encoder": slide.attrs["encoder"],
+            "magnification": slide.attrs["target_magnification"], "patch_size": slide.attrs["patch_size"]}
+    return ResolvedQuery(vector, info, notes=notes)
 
 
 def _resolve_prototype(atlas: Atlas, model_id: str, spec: str) -> ResolvedQuery:

@@ -1,0 +1,364 @@
+"""Contrastive trainer (SPEC §6): slide encoder x molecular encoders, symmetric InfoNCE.
+
+Each step draws `batch_size` training patients; for each, one of its slides (up to
+`patches_per_slide` patches sampled without replacement, padded batch + mask) and one of
+its profile rows per modality. Slide and profile embeddings are L2-normalised and compared
+with a learnable temperature (CLIP logit scale, clamped to `max_logit_scale`); the loss is
+the symmetric cross-entropy, summed over the modalities a patient has (expression and
+mutations). One epoch = one pass over the training patients, so two slides of one patient
+never meet as false negatives in a batch.
+
+Model selection: after every epoch the held-out patients' profiles query their slides
+(expression -> slide and mutations -> slide) and mAP@k is measured (relevant = same label
+when labels are given, else same patient); the best epoch's weights are kept and training
+stops after `patience` epochs without improvement. Seeded: on CPU the same seed gives
+bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from threads_search.encoders.molecular import ExpressionNormaliser, MutationPanel
+from threads_search.encoders.registry import create_model, get_model_spec
+from threads_search.errors import DeviceError, InputError, TrainingError
+from threads_search.paired_data import PairedDataset, SlideRecord, pack_bags, sample_bag, split_patients
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Everything that decides a training run (recorded beside the model by the caller)."""
+
+    recipe: str = "threads-abmil"
+    model: Mapping[str, Any] = field(default_factory=dict)  # overrides of the recipe's config
+    epochs: int = 30
+    batch_size: int = 32  # patients per step
+    patches_per_slide: int = 2048
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1  # of all planned steps
+    max_logit_scale: float = 100.0
+    grad_clip_norm: float | None = 1.0
+    val_fraction: float = 0.2  # of paired patients
+    patience: int = 5  # epochs without validation improvement before stopping
+    eval_k: int = 5
+    n_top_genes: int | None = 2000
+    max_mutation_genes: int | None = None
+    seed: int = 0
+    device: str = "auto"  # 'auto' | 'cpu' | 'cuda'
+
+    def check(self) -> None:
+        minimums = {"epochs": 1, "batch_size": 2, "patches_per_slide": 1, "eval_k": 1, "patience": 1}
+        for name, minimum in minimums.items():
+            if getattr(self, name) < minimum:
+                raise InputError(f"training option {name} must be >= {minimum}, got {getattr(self, name)}")
+        if self.learning_rate <= 0 or self.max_logit_scale <= 1:
+            raise InputError(f"training options learning_rate ({self.learning_rate}) must be > 0 and "
+                             f"max_logit_scale ({self.max_logit_scale}) > 1")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise InputError(f"training option warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if not get_model_spec(self.recipe).trainable:
+            raise InputError(f"model '{self.recipe}' is not trainable")
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int  # 1-based
+    train_loss: float
+    val_map: float | None  # mAP@k, mean over query modalities; None without a validation split
+    val_acc: float | None  # Acc@k: a relevant slide among the top k
+    learning_rate: float
+    temperature: float  # 1 / logit scale
+    seconds: float  # wall time of the epoch, validation included
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    epoch: int
+    step: int  # 1-based within the epoch
+    steps_per_epoch: int
+    loss: float
+
+
+@dataclass
+class TrainingResult:
+    model: Any  # the best ThreadsModel, on CPU, eval mode
+    history: list[EpochRecord]
+    best_epoch: int  # 0 = the initial weights
+    initial_val_map: float | None
+    train_patients: list[str]
+    val_patients: list[str]
+    device: str
+    stopped_early: bool = False
+
+
+class TrainingDiverged(TrainingError):
+    """The loss became NaN / Inf; `result` holds the last good state."""
+
+    def __init__(self, message: str, result: TrainingResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when present else CPU; 'cuda' without a GPU -> DeviceError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError("device 'cuda' requested but torch sees no CUDA GPU (use --device cpu or auto)")
+        return torch.device("cuda")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise InputError(f"device must be auto, cpu or cuda, got '{name}'")
+
+
+def clip_loss(slide_embeddings: torch.Tensor, profile_embeddings: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE between row-paired (B, d) unit vectors; row i of each is a positive pair."""
+    logits = logit_scale * slide_embeddings @ profile_embeddings.T
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+
+
+def retrieval_at_k(scores: np.ndarray, relevant: np.ndarray, k: int) -> tuple[float, float]:
+    """(mAP@k, Acc@k) of a (n_queries, n_database) score matrix, higher = closer.
+
+    mAP@k = mean_q sum_{j<=k} P@j rel_j / k (Patho-Bench), k capped at n_database;
+    Acc@k = fraction of queries with a relevant item in their top k. Ties keep database order.
+    """
+    k = min(k, scores.shape[1])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    hits = np.take_along_axis(relevant, top, axis=1).astype(np.float64)
+    precision = np.cumsum(hits, axis=1) / np.arange(1, k + 1)
+    return float(((precision * hits).sum(axis=1) / k).mean()), float(hits.any(axis=1).mean())
+
+
+@dataclass
+class _Modality:
+    name: str
+    encoder: nn.Module
+    profiles: torch.Tensor  # (n_rows, n_genes) float32 on the device, normalised
+    rows_by_patient: dict[str, list[int]]
+
+
+def _fit_profile_branches(model: Any, dataset: PairedDataset, train: set[str], config: TrainingConfig,
+                          device: torch.device) -> list[_Modality]:
+    """Fit normaliser / gene panel on the training patients only, attach the encoders, and
+    prepare every profile row (train and validation) as a device tensor."""
+    modalities = []
+    for name, table in dataset.profile_tables().items():
+        train_rows = [i for i, p in enumerate(table.patient_ids) if str(p) in train]
+        if len(train_rows) < 2:
+            raise TrainingError(f"{name}: only {len(train_rows)} profile row(s) among the training patients, need 2")
+        matrix = np.asarray(table.matrix)
+        if name == "expression":
+            model.attach_expression(ExpressionNormaliser.fit(matrix[train_rows], table.genes, table.scale, config.n_top_genes))
+            profiles, _ = model.expression_normaliser.transform(matrix, table.genes)
+            encoder = model.expression_encoder
+        else:
+            model.attach_mutations(MutationPanel.fit(matrix[train_rows], table.genes, config.max_mutation_genes))
+            profiles, _ = model.mutation_panel.transform(matrix, table.genes)
+            encoder = model.mutation_encoder
+        modalities.append(_Modality(name, encoder, torch.from_numpy(profiles).to(device), table.rows_by_patient()))
+    return modalities
+
+
+def _optimizer(model: nn.Module, config: TrainingConfig, total_steps: int
+               ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (no decay on biases, norms and the temperature) + linear warm-up and cosine decay."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate)
+    warmup = max(1, round(config.warmup_fraction * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class _ContrastiveRun:
+    """One training run; its methods are the steps of `train_model`."""
+
+    def __init__(self, dataset: PairedDataset, config: TrainingConfig) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.rng = np.random.default_rng(config.seed)
+        self.slides_by_patient = dataset.slides_by_patient()
+        self.train_patients, self.val_patients = split_patients(dataset.paired_patients(), config.val_fraction, config.seed)
+        self.labels = dataset.labels
+        in_dim = sample_bag(self.slides_by_patient[self.train_patients[0]][0], 1, np.random.default_rng(0)).shape[1]
+        torch.manual_seed(config.seed)
+        self.model = create_model(config.recipe, **{"in_dim": in_dim, **config.model})
+        self.modalities = _fit_profile_branches(self.model, dataset, set(self.train_patients), config, self.device)
+        self.model.to(self.device)
+        steps_per_epoch = max(1, len(self.train_patients) // config.batch_size
+                              + (len(self.train_patients) % config.batch_size >= 2))
+        self.optimizer, self.scheduler = _optimizer(self.model, config, config.epochs * steps_per_epoch)
+        # Host buffer for packed patches, reused every step (on CPU the model reads it in place).
+        self._patch_buffer = np.empty((0, in_dim), dtype=np.float32)
+        use_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
+
+    def _slide_batch(self, records: Sequence[SlideRecord], rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        bags = [sample_bag(r, self.config.patches_per_slide, rng) for r in records]
+        total = sum(bag.shape[0] for bag in bags)
+        if self._patch_buffer.shape[0] < total:
+            self._patch_buffer = np.empty((int(total * 1.25), self.model.in_dim), dtype=np.float32)
+        patches, sizes = pack_bags(bags, [r.slide_id for r in records], self.model.in_dim, self._patch_buffer)
+        return torch.from_numpy(patches).to(self.device), torch.from_numpy(sizes).to(self.device)
+
+    def step(self, patients: Sequence[str]) -> float | None:
+        """One optimiser step on a batch of patients; returns the loss (None: nothing to contrast)."""
+        records = [self._pick(self.slides_by_patient[p]) for p in patients]
+        patches, sizes = self._slide_batch(records, self.rng)
+        with self.autocast():
+            slide_embeddings = F.normalize(self.model.slide_encoder.forward_packed(patches, sizes).float(), dim=-1)
+            logit_scale = self.model.logit_scale.exp()
+            losses = []
+            for modality in self.modalities:
+                members = [i for i, p in enumerate(patients) if p in modality.rows_by_patient]
+                if len(members) < 2:
+                    continue
+                rows = [self._pick(modality.rows_by_patient[patients[i]]) for i in members]
+                profile_embeddings = F.normalize(modality.encoder(modality.profiles[rows]).float(), dim=-1)
+                losses.append(clip_loss(slide_embeddings[members], profile_embeddings, logit_scale))
+        if not losses:
+            return None
+        loss = torch.stack(losses).sum()
+        if not torch.isfinite(loss):
+            return float("nan")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip_norm:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0.0, math.log(self.config.max_logit_scale))
+        return float(loss.detach())
+
+    def _pick(self, options: Sequence[Any]) -> Any:
+        """One of a patient's slides / profile rows, at random."""
+        return options[self.rng.integers(len(options))]
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float, float] | None:
+        """(mAP@k, Acc@k) of held-out profile -> slide retrieval, mean over modalities."""
+        if not self.val_patients:
+            return None
+        self.model.eval()
+        # The same patches every epoch, so epochs are compared on identical inputs.
+        rng = np.random.default_rng(self.config.seed + 1)
+        records = [r for p in self.val_patients for r in self.slides_by_patient[p]]
+        chunks = []
+        for start in range(0, len(records), self.config.batch_size):
+            patches, sizes = self._slide_batch(records[start:start + self.config.batch_size], rng)
+            with self.autocast():
+                chunks.append(F.normalize(self.model.slide_encoder.forward_packed(patches, sizes).float(), dim=-1).cpu())
+        slide_embeddings = torch.cat(chunks).numpy()
+        slide_keys = np.array([self._relevance_key(r.patient_id) for r in records])
+        results = []
+        for modality in self.modalities:
+            query_patients = [p for p in self.val_patients if p in modality.rows_by_patient]
+            rows = [row for p in query_patients for row in modality.rows_by_patient[p]]
+            if not rows:
+                continue
+            query_keys = np.array([self._relevance_key(p) for p in query_patients for _ in modality.rows_by_patient[p]])
+            with self.autocast():
+                queries = F.normalize(modality.encoder(modality.profiles[rows]).float(), dim=-1).cpu().numpy()
+            results.append(retrieval_at_k(queries @ slide_embeddings.T, query_keys[:, None] == slide_keys[None, :],
+                                          self.config.eval_k))
+        self.model.train()
+        return tuple(float(v) for v in np.mean(results, axis=0)) if results else None
+
+    def _relevance_key(self, patient_id: str) -> str:
+        if self.labels is None:
+            return str(patient_id)
+        return str(self.labels.get(str(patient_id), f"<unlabelled {patient_id}>"))
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {name: tensor.detach().clone() for name, tensor in self.model.state_dict().items()}
+
+    def batches(self) -> list[list[str]]:
+        """This epoch's patient batches (a last batch of 1 patient is dropped: nothing to contrast)."""
+        order = [self.train_patients[i] for i in self.rng.permutation(len(self.train_patients))]
+        batches = [order[i:i + self.config.batch_size] for i in range(0, len(order), self.config.batch_size)]
+        return [b for b in batches if len(b) >= 2]
+
+
+def train_model(dataset: PairedDataset, config: TrainingConfig = TrainingConfig(),
+                on_step: Callable[[StepProgress], None] | None = None,
+                on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainingResult:
+    """Train a ThreadsModel on paired slides and profiles; returns the best model and history.
+
+    Raises TrainingError with fewer than two paired patients, TrainingDiverged (a
+    TrainingError carrying the last good state) when the loss becomes NaN / Inf, DeviceError
+    for 'cuda' without a GPU. The caller's global torch RNG state is left untouched.
+    """
+    config.check()
+    device = resolve_device(config.device)
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
+        return _train(dataset, config, on_step, on_epoch)
+
+
+def _train(dataset: PairedDataset, config: TrainingConfig, on_step: Callable[[StepProgress], None] | None,
+           on_epoch: Callable[[EpochRecord], None] | None) -> TrainingResult:
+    run = _ContrastiveRun(dataset, config)
+    initial = run.validate()
+    best_map = initial[0] if initial else -math.inf
+    best_state, best_epoch, epochs_without_gain = run.state(), 0, 0
+    result = TrainingResult(run.model, [], 0, initial[0] if initial else None, run.train_patients, run.val_patients,
+                            str(run.device))
+    run.model.train()
+    for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
+        losses = []
+        batches = run.batches()
+        for step, patients in enumerate(batches, start=1):
+            loss = run.step(patients)
+            if loss is not None and not math.isfinite(loss):
+                _finish(run, result, best_state, best_epoch)
+                raise TrainingDiverged(f"loss became {loss} at epoch {epoch}, step {step}; kept the weights of epoch "
+                                       f"{best_epoch} (try a lower learning rate)", result)
+            if loss is not None:
+                losses.append(loss)
+                if on_step:
+                    on_step(StepProgress(epoch, step, len(batches), loss))
+        metrics = run.validate()
+        record = EpochRecord(epoch, float(np.mean(losses)) if losses else float("nan"),
+                             metrics[0] if metrics else None, metrics[1] if metrics else None,
+                             run.scheduler.get_last_lr()[0], float(torch.exp(-run.model.logit_scale).item()),
+                             time.perf_counter() - started)
+        result.history.append(record)
+        if on_epoch:
+            on_epoch(record)
+        if metrics is None or metrics[0] > best_map:  # without validation, the last epoch is the best
+            best_map = metrics[0] if metrics else best_map
+            best_state, best_epoch, epochs_without_gain = run.state(), epoch, 0
+        else:
+            epochs_without_gain += 1
+            if epochs_without_gain >= config.patience:
+                result.stopped_early = True
+                break
+    _finish(run, result, best_state, best_epoch)
+    return result
+
+
+def _finish(run: _ContrastiveRun, result: TrainingResult, state: dict[str, torch.Tensor], epoch: int) -> None:
+    run.model.load_state_dict(state)
+    run.model.to("cpu").eval()
+    result.model, result.best_epoch = run.model, epoch
