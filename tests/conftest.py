@@ -80,3 +80,37 @@ def expression_csv(tmp_path: Path, rng: np.random.Generator) -> Path:
 @pytest.fixture
 def sample_metadata(tmp_path: Path) -> Path:
     return write_csv(tmp_path / "samples.csv", ["sample_id", "patient_id"], [[f"P{p}-01A", f"P{p}"] for p in range(3)])
+
+
+def ingest_quick_cohort(root: Path, seed: int = 3, slides: list[Path] | None = None):
+    """A quick synthetic cohort under `root/cohort`, ingested (slides, expression) into `root/atlas`.
+
+    Returns (atlas path, CohortFiles). `slides` restricts which feature files are ingested.
+    """
+    from typer.testing import CliRunner
+
+    from threads_search.cli.app import app
+    from threads_search.synthetic import generate_cohort
+    from threads_search.synthetic_config import quick_config
+
+    cohort = generate_cohort(root / "cohort", quick_config(seed=seed))
+    path = root / "atlas"
+    runner = CliRunner()
+    for args in (("init", path), ("ingest", "slides", path, *(slides or [cohort.features_dir]), "--metadata", cohort.slides_csv),
+                 ("ingest", "expression", path, cohort.expression_csv, "--metadata", cohort.samples_csv)):
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+    return path, cohort
+
+
+def store_fitted_baseline(path: Path, where_sql: str | None = None) -> str:
+    """Fit the mean-pooling model on the atlas's (selected) pairs and store it; returns its id."""
+    from threads_search.atlas import open_atlas
+    from threads_search.models import store_model
+    from threads_search.train_job import _fitted_baseline, paired_dataset
+    from threads_search.training import TrainingConfig
+
+    with open_atlas(path) as atlas:
+        dataset = paired_dataset(atlas, where_sql)
+        config = TrainingConfig(model={"in_dim": int(atlas.meta("feature_dim")), "patch_encoder": atlas.meta("patch_encoder")})
+        return store_model(atlas, _fitted_baseline(dataset, config))

@@ -36,29 +36,20 @@ def built(tmp_path_factory) -> Built:
     """Quick synthetic cohort, ingested; mean pooling and an untrained THREADS model embedded."""
     import torch
 
+    from conftest import ingest_quick_cohort, store_fitted_baseline
     from threads_search.atlas import open_atlas
     from threads_search.embed_job import embed_atlas
     from threads_search.encoders.molecular import ExpressionNormaliser
     from threads_search.encoders.registry import create_model
     from threads_search.models import store_model
-    from threads_search.synthetic import generate_cohort
-    from threads_search.synthetic_config import quick_config
-    from threads_search.train_job import _fitted_baseline, paired_dataset
-    from threads_search.training import TrainingConfig
+    from threads_search.train_job import paired_dataset
 
-    root = tmp_path_factory.mktemp("eval")
-    cohort = generate_cohort(root / "cohort", quick_config(seed=3))
-    path = root / "atlas"
-    for args in (("init", path), ("ingest", "slides", path, cohort.features_dir, "--metadata", cohort.slides_csv),
-                 ("ingest", "expression", path, cohort.expression_csv, "--metadata", cohort.samples_csv)):
-        assert cli(*args).exit_code == 0
+    path, _ = ingest_quick_cohort(tmp_path_factory.mktemp("eval"))
+    baseline_id = store_fitted_baseline(path, TRAIN)
     with open_atlas(path) as atlas:
         dataset = paired_dataset(atlas, TRAIN)
-        encoder = atlas.meta("patch_encoder")
-        config = TrainingConfig(model={"in_dim": 768, "patch_encoder": encoder})
-        baseline_id = store_model(atlas, _fitted_baseline(dataset, config))
         torch.manual_seed(0)
-        model = create_model("threads-abmil-cpu", in_dim=768, patch_encoder=encoder)
+        model = create_model("threads-abmil-cpu", in_dim=768, patch_encoder=atlas.meta("patch_encoder"))
         expression = dataset.expression
         model.attach_expression(ExpressionNormaliser.fit(expression.matrix, expression.genes, expression.scale))
         model.eval()

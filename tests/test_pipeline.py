@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import store_fitted_baseline
 from threads_search.cli.app import app
 
 runner = CliRunner()
@@ -33,25 +34,13 @@ def new_atlas(tmp_path: Path, cohort, slides=None) -> Path:
     return path
 
 
-def store_baseline(path: Path) -> str:
-    from threads_search.atlas import open_atlas
-    from threads_search.models import store_model
-    from threads_search.train_job import _fitted_baseline, paired_dataset
-    from threads_search.training import TrainingConfig
-
-    with open_atlas(path) as atlas:
-        dataset = paired_dataset(atlas)
-        config = TrainingConfig(model={"in_dim": 768, "patch_encoder": atlas.meta("patch_encoder")})
-        return store_model(atlas, _fitted_baseline(dataset, config))
-
-
 def test_embed_resumes_after_an_interruption(tmp_path, cohort, monkeypatch):
     from threads_search import embed_job, embedding_store
     from threads_search.atlas import open_atlas
     from threads_search.embedding_store import load_embeddings
 
     path = new_atlas(tmp_path, cohort)
-    model_id = store_baseline(path)
+    model_id = store_fitted_baseline(path)
     monkeypatch.setattr(embed_job, "SLIDES_PER_PART", 10)
     real_write = embedding_store.write_part
     calls = {"n": 0}
@@ -83,7 +72,7 @@ def test_embed_resumes_after_an_interruption(tmp_path, cohort, monkeypatch):
 def test_index_takes_new_items_incrementally(tmp_path, cohort):
     first_half = sorted(cohort.features_dir.glob("*.h5"))[:30]
     path = new_atlas(tmp_path, cohort, slides=first_half)
-    model_id = store_baseline(path)
+    model_id = store_fitted_baseline(path)
     assert cli("embed", path, "--model", model_id).exit_code == 0
     built = cli("index", path, "--model", model_id)
     assert built.exit_code == 0 and "built" in built.output

@@ -21,26 +21,14 @@ def cli(*args):
 @pytest.fixture(scope="module")
 def atlas(tmp_path_factory) -> Path:
     """Quick synthetic cohort, ingested, embedded and indexed with a fitted mean-pooling model."""
+    from conftest import ingest_quick_cohort, store_fitted_baseline
     from threads_search.atlas import open_atlas
     from threads_search.embed_job import embed_atlas
     from threads_search.index_job import build_atlas_indexes
-    from threads_search.models import store_model
-    from threads_search.synthetic import generate_cohort
-    from threads_search.synthetic_config import quick_config
-    from threads_search.train_job import _fitted_baseline, paired_dataset
 
-    root = tmp_path_factory.mktemp("query")
-    cohort = generate_cohort(root / "cohort", quick_config(seed=3))
-    path = root / "atlas"
-    for args in (("init", path), ("ingest", "slides", path, cohort.features_dir, "--metadata", cohort.slides_csv),
-                 ("ingest", "expression", path, cohort.expression_csv, "--metadata", cohort.samples_csv)):
-        assert cli(*args).exit_code == 0
-    from threads_search.training import TrainingConfig
-
+    path, _ = ingest_quick_cohort(tmp_path_factory.mktemp("query"))
+    model_id = store_fitted_baseline(path, "cohort = 'train'")
     with open_atlas(path) as opened:
-        dataset = paired_dataset(opened, "cohort = 'train'")
-        config = TrainingConfig(model={"in_dim": 768, "patch_encoder": opened.meta("patch_encoder")})
-        model_id = store_model(opened, _fitted_baseline(dataset, config))
         embed_atlas(opened, model_id)
         build_atlas_indexes(opened, model_id)
     return path
