@@ -23,7 +23,14 @@ from threads_search.indexer.kinds import (
     IndexKindSpec,
     get_kind,
 )
-from threads_search.indexer.recall import DEFAULT_TARGET_RECALL, TunedSearch, tune_search_params
+from threads_search.indexer.recall import (
+    DEFAULT_TARGET_RECALL,
+    RECALL_K,
+    TunedSearch,
+    exact_top_ids,
+    held_out_rows,
+    tune_search_params,
+)
 from threads_search.indexer.validate import prepare_ids, prepare_vectors
 
 METRIC = "inner_product"
@@ -46,9 +53,10 @@ def build_index(
 
     Rows are L2-normalised (inner product = cosine). `kind` is a registered kind or "auto"
     (`choose_kind`); `device` "auto", "cpu" or "gpu"; `max_memory` a budget in bytes for the
-    index. The approximate kinds' search knob (efSearch / nprobe) is tuned on a seeded sample
-    of up to 1000 database vectors until recall@10 against an exact scan reaches
-    `target_recall`; that recall goes into the sidecar with the build parameters.
+    index. A seeded sample of up to 1000 of the vectors is held out of the index, used as
+    unseen queries to raise the approximate kinds' search knob (efSearch / nprobe) until
+    recall@10 against an exact scan reaches `target_recall`, then added; that recall goes into
+    the sidecar with the build parameters.
     Raises InputError (bad vectors or ids, unknown kind), DeviceError (gpu unavailable).
     """
     if not 0.0 < target_recall <= 1.0:
@@ -63,17 +71,26 @@ def build_index(
     build_params = spec.build_params(n, dim, max_memory)
     factory = spec.factory(build_params)
 
+    # Rows held out of the index while it is tuned: unseen queries for the recall measurement.
+    held_out = held_out_rows(n, seed)
+    in_index = np.ones(n, dtype=bool)
+    in_index[held_out] = False
+
     started = time.perf_counter()
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     _configure(index, build_params, seed)
     if spec.needs_training:
-        _train(index, vectors, build_params, seed, placement)
-    add_in_chunks(index, vectors, ids)
+        _train(index, vectors, in_index, build_params, seed, placement)
+    add_in_chunks(index, vectors, ids, in_index)
     build_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    tuned = tune_search_params(index, spec, build_params, vectors, ids, seed, target_recall)
+    tuned = _tune_on_held_out(index, spec, build_params, vectors, ids, in_index, target_recall)
     tuning_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    add_in_chunks(index, vectors[held_out], ids[held_out])
+    build_seconds += time.perf_counter() - started
 
     gpu_index = replicate_to_gpu(index, tuned.search_params) if placement == "gpu" else None
     sidecar = _sidecar(spec, factory, build_params, tuned, n, dim, model_id, modality)
@@ -87,15 +104,36 @@ def build_index(
     return BuiltIndex(index=index, sidecar=sidecar, gpu_index=gpu_index)
 
 
-def add_in_chunks(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray) -> None:
-    """`index.add_with_ids` a block of ADD_CHUNK_ROWS rows at a time.
+def _tune_on_held_out(
+    index: faiss.Index,
+    spec: IndexKindSpec,
+    build_params: dict,
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    in_index: np.ndarray,
+    target_recall: float,
+) -> TunedSearch:
+    """Tune the search knob with the rows outside `in_index` (bool mask) as queries."""
+    held_out = np.flatnonzero(~in_index)
+    k = min(RECALL_K, int(in_index.sum())) if held_out.size else 0
+    true_ids = exact_top_ids(vectors[held_out], vectors, ids, k, in_index)
+    return tune_search_params(index, spec, build_params, vectors[held_out], true_ids, target_recall)
+
+
+def add_in_chunks(
+    index: faiss.Index, vectors: np.ndarray, ids: np.ndarray, rows: np.ndarray | None = None
+) -> None:
+    """`index.add_with_ids` ADD_CHUNK_ROWS rows at a time (only `rows`, a bool mask, if given).
 
     faiss encodes a PQ batch through an (n, 2^nbits * pq_m) float table: 64 KiB per 1024-d
     vector with 64 codes, 655 MiB for 10k vectors at once; blocks keep it at 256 MiB.
     """
     for start in range(0, vectors.shape[0], ADD_CHUNK_ROWS):
-        stop = start + ADD_CHUNK_ROWS
-        index.add_with_ids(vectors[start:stop], ids[start:stop])
+        block = slice(start, start + ADD_CHUNK_ROWS)
+        if rows is None:
+            index.add_with_ids(vectors[block], ids[block])
+        elif rows[block].any():
+            index.add_with_ids(vectors[block][rows[block]], ids[block][rows[block]])
 
 
 def _configure(index: faiss.Index, build_params: dict, seed: int) -> None:
@@ -106,9 +144,6 @@ def _configure(index: faiss.Index, build_params: dict, seed: int) -> None:
     if ivf is None:
         return
     ivf.cp.seed = seed
-    # nlist is clamped so every list gets MIN_POINTS_PER_LIST training points; faiss's own
-    # default (39) would print a warning for the ~4*sqrt(n) lists of small collections.
-    ivf.cp.min_points_per_centroid = MIN_POINTS_PER_LIST
     ivf = faiss.downcast_index(ivf)
     if isinstance(ivf, faiss.IndexIVFFlat):
         # reconstruct(id) must work for the exact fallback of filtered search.
@@ -124,17 +159,29 @@ def _configure(index: faiss.Index, build_params: dict, seed: int) -> None:
 
 
 def _train(
-    index: faiss.Index, vectors: np.ndarray, build_params: dict, seed: int, placement: str
+    index: faiss.Index,
+    vectors: np.ndarray,
+    rows: np.ndarray,
+    build_params: dict,
+    seed: int,
+    placement: str,
 ) -> None:
-    """Train on a seeded sample of `build_params["train_size"]` rows (k-means on GPU if any)."""
-    rng = np.random.default_rng(seed)
-    size = build_params["train_size"]
-    if size < vectors.shape[0]:
-        vectors = vectors[np.sort(rng.choice(vectors.shape[0], size, replace=False))]
+    """Train on a seeded sample of `build_params["train_size"]` of the `rows` (bool mask).
+
+    k-means runs on the GPU when the index is placed there.
+    """
+    candidates = np.flatnonzero(rows)
+    size = min(build_params["train_size"], candidates.size)
+    sample = np.sort(np.random.default_rng(seed).choice(candidates, size, replace=False))
+    vectors = vectors[sample]
+    ivf = faiss.extract_index_ivf(index)
+    # nlist is clamped to MIN_POINTS_PER_LIST vectors per list, of which the held-out tenth
+    # leaves >= 7 (fewer only in collections under 8 vectors); faiss's own threshold (39)
+    # would print a warning for the ~4*sqrt(n) lists of every small collection.
+    ivf.cp.min_points_per_centroid = min(MIN_POINTS_PER_LIST - 1, size // ivf.nlist)
     if placement != "gpu":
         index.train(vectors)
         return
-    ivf = faiss.extract_index_ivf(index)
     clustering_index = gpu_clustering_index(vectors.shape[1])
     ivf.clustering_index = clustering_index
     try:
@@ -168,14 +215,14 @@ def _sidecar(
         "modality": modality,
         "build_params": dict(build_params),
         "search_params": tuned.search_params,
-        # recall@min(10, count - 1): "recall.k" says which when there are 10 vectors or fewer.
+        # recall@min(10, vectors not held out): "recall.k" says which for tiny collections.
         "recall_at_10": round(tuned.recall, 4),
         "recall": {
             "k": tuned.k,
             "value": round(tuned.recall, 4),
             "n_queries": tuned.n_queries,
-            "reference": "exact inner-product scan; queries are a seeded sample of the indexed "
-            "vectors, each query's own id left out of both lists",
+            "reference": "exact inner-product scan; queries are a seeded sample of the vectors, "
+            "held out of the index while it was tuned and added after",
             "trials": tuned.trials,
         },
         "estimated_memory_bytes": spec.memory_bytes(n, dim, build_params),

@@ -8,12 +8,15 @@ from threads_search.errors import InputError
 from threads_search.indexer.kinds import get_kind
 
 # n * dim up to which an exact flat scan is used: 2^26 float32 = 256 MiB, i.e. 65,536 vectors
-# at 1024-d. Scanning that per query costs ~25 ms at the ~10 GB/s one core streams from memory
-# (benchmarks/results/index.md measures it), batched queries amortise it, and the answer is
-# exact; pathology atlases of TCGA size (~11k diagnostic slides) sit far below it.
+# at 1024-d. A single query then reads 256 MiB: ~11 ms at the ~23 GB/s one core streamed in
+# benchmarks/results (flat scan at 0.85-1.0 of copy bandwidth), batched queries amortise it
+# (BLAS), and the answer is exact; TCGA-sized atlases (~11k diagnostic slides) sit far below.
 FLAT_MAX_SCALARS = 2**26
-# Above this many vectors the HNSW graph build (inserts ~n log n, slow on a few cores) costs more
-# than IVF's k-means + list assignment, so IVF is preferred even on CPU.
+# Up to this many vectors HNSW is the CPU choice: at 10^5 x 1024-d it built in about the time
+# IVF did (27 vs 24 s, one thread) and answered faster at equal recall (0.34 vs 0.45 ms p50,
+# recall@10 0.98). Beyond it IVF is preferred (not benchmarked at that size): it moves to a
+# GPU, its k-means and list assignment are BLAS work, and tight filters cost it no exact
+# fallback scan.
 HNSW_MAX_VECTORS = 1_000_000
 
 

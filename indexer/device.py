@@ -25,7 +25,7 @@ def gpu_available() -> bool:
 
 
 def resolve_device(requested: str) -> str:
-    """"cpu" or "gpu" for a request of "auto", "cpu" or "gpu" ("cuda" is read as "gpu").
+    """Resolve a request of "auto", "cpu" or "gpu" ("cuda" reads as "gpu") to "cpu" or "gpu".
 
     "auto" picks the GPU when there is one; an explicit "gpu" without one is a DeviceError.
     """
@@ -41,7 +41,7 @@ def resolve_device(requested: str) -> str:
     reason = (
         "no CUDA device is visible"
         if hasattr(faiss, "StandardGpuResources")
-        else "faiss was installed without GPU support (pip install 'threads-search[gpu]')"
+        else "this faiss has no GPU support (replace faiss-cpu by faiss-gpu-cu12)"
     )
     raise DeviceError(f"device 'gpu' requested but {reason}; use --device cpu")
 

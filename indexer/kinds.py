@@ -33,8 +33,8 @@ PQ_NBITS = 8
 # codeword whatever nlist is (faiss would take 256 per codeword: 64 codebooks of 1024-d take
 # minutes to train on that many).
 PQ_TRAIN_POINTS = 2**PQ_NBITS * TRAIN_POINTS_PER_LIST
-# IVF-PQ needs at least one point per PQ centroid.
-PQ_MIN_VECTORS = 2**PQ_NBITS
+# IVF-PQ needs a training point per PQ codeword (256) after a tenth is held out for tuning.
+PQ_MIN_VECTORS = 300
 # Candidates re-ranked with the stored vectors per requested result (IndexRefine k_factor).
 # 4 left recall@10 at 0.78 on clustered 64-d data (8 PQ codes of 8 dims); 16 reached 0.998.
 # Re-ranking 160 candidates costs ~160 * dim flops per query, small next to the list scan.

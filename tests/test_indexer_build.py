@@ -116,15 +116,19 @@ def test_recall_is_measured_recorded_and_reproducible(built, data, kind):
     vectors, ids = data
     sidecar = built[kind].sidecar
     assert sidecar["recall_at_10"] >= RECALL_FLOOR[kind]
-    assert sidecar["recall"]["k"] == 10 and sidecar["recall"]["n_queries"] == 1000
-    # Independent check: the same seeded rows, each excluding its own id, searched through the
-    # public API and compared with numpy.
-    rows = np.sort(np.random.default_rng(0).choice(N, size=1000, replace=False))
-    own = [ids[[row]] for row in rows]
-    _, found = search(built[kind], vectors[rows], 10, exclude_ids=own)
-    expected = numpy_top_ids(vectors[rows], vectors, ids, 11)[:, 1:]
+    assert sidecar["recall"]["k"] == 10 and sidecar["recall"]["n_queries"] == N // 10
+    # Independent check: the held-out rows (seeded sample of a tenth) searched through the
+    # public API among the other ids (as the index held them while tuned), against numpy.
+    held_out = np.sort(np.random.default_rng(0).choice(N, size=N // 10, replace=False))
+    others = np.setdiff1d(np.arange(N), held_out)
+    _, found = search(built[kind], vectors[held_out], 10, allowed_ids=ids[others])
+    expected = numpy_top_ids(vectors[held_out], vectors[others], ids[others], 10)
     recall = (found[:, :, None] == expected[:, None, :]).any(axis=2).mean()
-    assert recall == pytest.approx(sidecar["recall_at_10"], abs=0.01)
+    # The filter raises efSearch / nprobe by 1/0.9, so the API may do slightly better.
+    assert sidecar["recall_at_10"] - 0.01 <= recall <= sidecar["recall_at_10"] + 0.03
+    # Held out only while tuning: every vector is in the final index.
+    assert built[kind].count == N
+    assert (search(built[kind], vectors[held_out], 1)[1][:, 0] == ids[held_out]).mean() >= 0.99
 
 
 def test_tuning_keeps_the_cheapest_setting_meeting_the_target(built):
@@ -207,7 +211,7 @@ def test_bad_kind_and_target_are_refused():
         build_index(_vectors(), np.arange(20), kind="annoy")
     with pytest.raises(InputError, match="target recall"):
         build_index(_vectors(), np.arange(20), kind="flat", target_recall=1.5)
-    with pytest.raises(InputError, match="at least 256 vectors"):
+    with pytest.raises(InputError, match="at least 300 vectors"):
         build_index(_vectors(), np.arange(20), kind="ivfpq")
 
 
@@ -215,6 +219,7 @@ def test_tiny_collections_still_build_every_kind_but_ivfpq():
     vectors = _vectors(n=5)
     for kind in ["flat", "hnsw", "ivf"]:
         index = build_index(vectors, np.arange(5) + 100, kind=kind)
+        # One of the five is held out while tuning: recall@4 over the other four.
         assert index.sidecar["recall"]["k"] == 4 and index.sidecar["recall_at_10"] == 1.0
         scores, found = search(index, vectors[:1], 10)
         assert sorted(found[0, :5]) == [100, 101, 102, 103, 104]
