@@ -1,0 +1,67 @@
+"""Pieces of the demo's report (`report/demo.json`): the figures the summary table shows,
+taken from the evaluator's own JSON, and the training-curve plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SUMMARY_METRICS = ("mAP", "Acc", "MV")
+ENCODERS = ("trained", "meanpool", "chance")
+
+
+def evaluation_summary(payload: dict, k: int, json_path: Path, plots: list[Path]) -> dict:
+    """The K-cutoff figures of one `AtlasEvaluation.to_json()` payload, per encoder.
+
+    Returns {"trained": {"mAP@5": ...}, "meanpool": {...} | None, "chance": {...},
+    "ci95": {"mAP@5": [lo, hi], ...} (trained model), "per_class": {class: {...}}, counts,
+    files}. Chance is the evaluator's analytic chance level, copied unchanged.
+    """
+    names = [f"{metric}@{k}" for metric in SUMMARY_METRICS]
+    baselines = payload.get("baselines", {})
+    meanpool = baselines.get("meanpool")
+
+    def pick(metrics: dict | None) -> dict | None:
+        return None if metrics is None else {name: metrics.get(name) for name in names}
+
+    return {
+        "query_modality": payload["query_modality"],
+        "target": payload["target"],
+        "n_queries": payload["n_queries"],
+        "n_database": payload["n_database"],
+        "trained": pick(payload["metrics"]),
+        "meanpool": pick(meanpool),
+        "chance": pick(baselines["chance"]),
+        "ci95": {name: payload["ci95"].get(name) for name in names},
+        "per_class": {label: {"n_queries": figures.get("n_queries"), "n_database": figures.get("n_database"),
+                              **{name: figures.get(name) for name in names}}
+                      for label, figures in payload["per_class"].items()},
+        "notes": list(payload.get("notes", [])) + list(payload.get("warnings", [])),
+        "json": str(json_path),
+        "plots": [str(p) for p in plots],
+    }
+
+
+def plot_training_curve(history: list, path: Path) -> Path:
+    """Training loss and validation mAP per epoch (history: training EpochRecords) -> PNG."""
+    from matplotlib.figure import Figure
+
+    from threads_search.synthetic_io import atomic_path
+
+    epochs = [record.epoch for record in history]
+    figure = Figure(figsize=(6.4, 3.6))
+    loss_axes = figure.add_subplot(1, 1, 1)
+    loss_axes.plot(epochs, [record.train_loss for record in history], color="tab:blue", marker="o", markersize=3)
+    loss_axes.set_xlabel("epoch")
+    loss_axes.set_ylabel("training loss (symmetric InfoNCE)", color="tab:blue")
+    validation = [(record.epoch, record.val_map) for record in history if record.val_map is not None]
+    if validation:
+        map_axes = loss_axes.twinx()
+        map_axes.plot(*zip(*validation), color="tab:orange", marker="s", markersize=3)
+        map_axes.set_ylabel("validation mAP@5 (profile -> slide)", color="tab:orange")
+        map_axes.set_ylim(0, 1)
+    figure.suptitle("contrastive training on the training sites")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=120)
+    return path
