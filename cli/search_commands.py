@@ -51,6 +51,8 @@ def render_hits(result, output: str) -> str:
         return json.dumps(result.to_json(), indent=2, default=str)
     columns = ["rank", "id", "modality", "patient_id", "score"]
     extra = [c for c in (result.hits[0] if result.hits else {}) if c not in columns]
+    if output == "table":  # a column empty for every hit only takes room
+        extra = [c for c in extra if any(h.get(c) not in (None, "") for h in result.hits)]
     if output == "csv":
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns + extra)

@@ -76,6 +76,9 @@ class MeanPoolModel:
         self.expression_components: np.ndarray | None = None
         self.mutation_panel: MutationPanel | None = None
         self.mutation_components: np.ndarray | None = None
+        # Training mean of the multi-hot vectors: centring keeps a sample without panel
+        # mutations from encoding to the zero vector, which has no direction to compare.
+        self.mutation_mean: np.ndarray | None = None
 
     @classmethod
     def create(cls, recipe: str = "meanpool", **config: Any) -> "MeanPoolModel":
@@ -93,7 +96,8 @@ class MeanPoolModel:
         """Fit the gene panel (and the PCA when it is wider than out_dim) on training mutations."""
         self.mutation_panel = MutationPanel.fit(matrix, genes, max_genes)
         multi_hot, _ = self.mutation_panel.transform(matrix, genes)
-        self.mutation_components = fit_reduction(multi_hot, self.out_dim)
+        self.mutation_mean = multi_hot.mean(axis=0).astype(np.float32)
+        self.mutation_components = fit_reduction(multi_hot - self.mutation_mean, self.out_dim)
 
     # -- checkpoint ------------------------------------------------------------------------
     def export(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -109,6 +113,8 @@ class MeanPoolModel:
             tensors["expression_components"] = torch.from_numpy(self.expression_components)
         if self.mutation_components is not None:
             tensors["mutation_components"] = torch.from_numpy(self.mutation_components)
+        if self.mutation_mean is not None:
+            tensors["mutation_mean"] = torch.from_numpy(self.mutation_mean)
         return config, tensors
 
     @classmethod
@@ -123,6 +129,8 @@ class MeanPoolModel:
             model.mutation_panel = MutationPanel.from_dict(config["mutations"])
             if "mutation_components" in tensors:
                 model.mutation_components = tensors["mutation_components"].numpy()
+            if "mutation_mean" in tensors:
+                model.mutation_mean = tensors["mutation_mean"].numpy()
         return model
 
     # -- the common encoding interface ---------------------------------------------------
@@ -178,4 +186,6 @@ class MeanPoolModel:
         if self.mutation_panel is None:
             raise ModelMismatchError("meanpool baseline has no mutation branch; call fit_mutations on training data")
         profiles, report = self.mutation_panel.transform(matrix, genes)
+        if self.mutation_mean is not None:
+            profiles = profiles - self.mutation_mean
         return _reduce(profiles, self.mutation_components, self.out_dim), report

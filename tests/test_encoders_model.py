@@ -144,7 +144,8 @@ def test_meanpool_expression_is_pca_of_standardised_profiles():
     np.testing.assert_allclose(embedded @ embedded.T, reference @ reference.T, atol=1e-4)
     model.fit_mutations(np.array([[1, 0, 1], [0, 1, 1]]), ["A", "B", "C"])
     mutations, _ = model.encode_mutations(np.array([[1, 0, 0]]), ["A", "B", "C"])
-    np.testing.assert_allclose(mutations, [[1, 0, 0, 0, 0, 0, 0, 0]])  # 3 genes <= 8: zero-padded
+    # 3 genes <= 8: centred on the training mean (0.5, 0.5, 1), zero-padded, normalised
+    np.testing.assert_allclose(mutations, [[0.5, -0.5, -1, 0, 0, 0, 0, 0] / np.sqrt(1.5)], atol=1e-6)
 
 
 def test_meanpool_round_trips_through_a_checkpoint(tmp_path):
@@ -177,3 +178,30 @@ def test_encoders_never_import_faiss_or_duckdb():
             "print(sorted(m for m in ('faiss', 'duckdb') if m in sys.modules))")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[]"
+
+
+def test_meanpool_mutation_profile_without_panel_mutations_is_not_the_zero_vector():
+    from threads_search.encoders.checkpoint import load_model, save_model
+    from threads_search.encoders.registry import create_model
+
+    genes = ["TP53", "KRAS", "PIK3CA"]
+    training = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1]], np.float32)
+    baseline = create_model("meanpool", in_dim=8)
+    baseline.fit_mutations(training, genes)
+    vectors, _ = baseline.encode_mutations(np.zeros((1, 3), np.float32), genes)
+    assert np.linalg.norm(vectors[0]) == pytest.approx(1.0, abs=1e-5)
+    expected = -training.mean(axis=0) / np.linalg.norm(training.mean(axis=0))  # centred, zero-padded, normalised
+    np.testing.assert_allclose(vectors[0, :3], expected, atol=1e-6)
+
+
+def test_meanpool_mutation_mean_survives_a_checkpoint(tmp_path):
+    from threads_search.encoders.checkpoint import load_model, save_model
+    from threads_search.encoders.registry import create_model
+
+    genes = ["TP53", "KRAS"]
+    baseline = create_model("meanpool", in_dim=8)
+    baseline.fit_mutations(np.array([[1, 0], [0, 1], [1, 1]], np.float32), genes)
+    save_model(baseline, tmp_path / "m")
+    restored = load_model(tmp_path / "m")
+    probe = np.array([[0, 0], [1, 0]], np.float32)
+    np.testing.assert_array_equal(restored.encode_mutations(probe, genes)[0], baseline.encode_mutations(probe, genes)[0])

@@ -244,8 +244,9 @@ def write_evaluation(evaluation: AtlasEvaluation, json_path: Path | None, plots_
 
         reports = [evaluation.report] + ([evaluation.baseline] if evaluation.baseline is not None else [])
         vectors, labels, sites = _plotted_items(evaluation.queries, evaluation.database)
-        written += write_plots(reports, Path(plots_dir), embeddings=vectors, embedding_labels=labels,
-                               embedding_sites=sites)
+        ks = evaluation.report.ks
+        written += write_plots(reports, Path(plots_dir), k=5 if 5 in ks else None, embeddings=vectors,
+                               embedding_labels=labels, embedding_sites=sites)
     return written
 
 

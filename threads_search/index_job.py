@@ -58,12 +58,16 @@ def build_atlas_indexes(atlas: Atlas, model_id: str, kind: str = "auto", device:
                 continue
             except InputError as refusal:  # kind cannot grow further: rebuild
                 report.notes.append(f"{modality}: {refusal}; rebuilding")
-        built = build_index(vectors, ids, kind=kind, device=device, max_memory=max_memory, seed=seed,
-                            model_id=model_id, modality=modality)
+        try:
+            built = build_index(vectors, ids, kind=kind, device=device, max_memory=max_memory, seed=seed,
+                                model_id=model_id, modality=modality)
+        except InputError as refusal:  # one modality's vectors refused: say so, index the others
+            report.notes.append(f"{modality}: not indexed ({refusal})")
+            continue
         save_index(built, atlas.path(stem))
         _record(atlas, model_id, modality, stem, built.sidecar)
         report.built[modality] = built.sidecar
-    if not (report.built or report.added or report.unchanged):
+    if not (report.built or report.added or report.unchanged or report.notes):
         raise AtlasError(f"model {model_id} has no embeddings; run `threads-search embed {atlas.root} --model {model_id}` first")
     return report
 
