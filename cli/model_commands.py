@@ -18,6 +18,7 @@ def train(atlas: Path = typer.Argument(..., help="Atlas folder."),
           patches: int = typer.Option(2048, "--patches-per-slide", help="Patches sampled per slide per step."),
           label: str = typer.Option(None, "--label", help="Metadata column for validation relevance (same label = relevant)."),
           seed: int = typer.Option(0, "--seed"),
+          out: Path = typer.Option(None, "--out", help="Also write the checkpoint (config.json + model.safetensors) here."),
           quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:
     """Train the slide and molecular encoders contrastively on paired slides and profiles."""
     from threads_search.atlas import open_atlas
@@ -35,12 +36,18 @@ def train(atlas: Path = typer.Argument(..., help="Atlas folder."),
 
         result = train_atlas_model(opened, config, where, label, on_epoch=on_epoch)
     training = result.training
+    if out is not None:
+        from threads_search.encoders.checkpoint import save_model
+
+        save_model(training.model, out)
     typer.echo(f"trained model {result.model_id} ({config.recipe}) on {result.n_slides} slides of {result.n_patients} "
                f"patients; best epoch {training.best_epoch} of {len(training.history)}, device {training.device}")
     if training.history and training.initial_val_map is not None:
         best = max((r.val_map for r in training.history if r.val_map is not None), default=None)
         typer.echo(f"validation mAP@5: {training.initial_val_map:.3f} before training -> {best:.3f}")
     typer.echo(f"baseline model {result.baseline_id} (meanpool) fitted on the same selection")
+    if out is not None:
+        typer.echo(f"checkpoint written to {out}")
 
 
 def embed(atlas: Path = typer.Argument(..., help="Atlas folder."),

@@ -111,3 +111,20 @@ def test_train_refuses_what_it_cannot_train_on(tmp_path, cohort):
         assert cuda.exit_code == 2 and "cuda" in cuda.output.lower()
     bad_sql = cli("train", path, "--where", "cohort ==", "--quiet")
     assert bad_sql.exit_code == 2 and "--where" in bad_sql.output
+
+
+def test_train_from_the_cli_stores_the_model_and_a_copy(tmp_path, cohort):
+    from threads_search.atlas import open_atlas
+    from threads_search.encoders.checkpoint import load_model, read_model_id
+
+    path = new_atlas(tmp_path, cohort)
+    result = cli("train", path, "--where", "cohort = 'train'", "--epochs", 2, "--patches-per-slide", 64,
+                 "--batch-size", 8, "--quiet", "--out", tmp_path / "checkpoint")
+    assert result.exit_code == 0, result.output
+    model_id = result.output.split("trained model ")[1].split()[0]
+    assert read_model_id(tmp_path / "checkpoint") == model_id
+    assert {p.name for p in (tmp_path / "checkpoint").iterdir()} == {"config.json", "model.safetensors"}
+    with open_atlas(path, read_only=True) as atlas:
+        recipes = dict(atlas.sql("SELECT recipe, model_id FROM models").fetchall())
+    assert recipes["threads-abmil-cpu"] == model_id and "meanpool" in recipes
+    assert load_model(tmp_path / "checkpoint").in_dim == 768
