@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from threads_search.encoders.abmil import DEFAULT_CHUNK_SIZE
-from threads_search.encoders.model import build_config, check_feature_source, l2_normalise
+from threads_search.encoders.model import ConfiguredEncoder, build_config, l2_normalise
 from threads_search.encoders.molecular import DEFAULT_TOP_GENES, AlignmentReport, ExpressionNormaliser, MutationPanel
 from threads_search.encoders.registry import register_model
 from threads_search.errors import InputError, ModelMismatchError
@@ -64,7 +64,7 @@ def _reduce(profiles: np.ndarray, components: np.ndarray | None, out_dim: int) -
 @register_model("meanpool", trainable=False,
                 description="untrained reference: mean of patch features, fixed random orthogonal map to 1024; "
                             "profiles standardised and PCA-reduced / zero-padded")
-class MeanPoolModel:
+class MeanPoolModel(ConfiguredEncoder):
     """Mean pooling baseline with the same interface as ThreadsModel."""
 
     def __init__(self, config: MeanPoolConfig, recipe: str = "meanpool", projection: np.ndarray | None = None) -> None:
@@ -135,24 +135,9 @@ class MeanPoolModel:
 
     # -- the common encoding interface ---------------------------------------------------
     @property
-    def in_dim(self) -> int:
-        return self.config.in_dim
-
-    @property
-    def out_dim(self) -> int:
-        return self.config.out_dim
-
-    @property
-    def patch_encoder(self) -> str:
-        return self.config.patch_encoder
-
-    @property
     def modalities(self) -> tuple[str, ...]:
         present = (True, self.expression_normaliser is not None, self.mutation_panel is not None)
         return tuple(name for name, ok in zip(("slides", "expression", "mutations"), present) if ok)
-
-    def check_features(self, feature_dim: int, patch_encoder: str | None = None) -> None:
-        check_feature_source(self, feature_dim, patch_encoder)
 
     def encode_slide(self, bag: np.ndarray | torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE,
                      return_attention: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:

@@ -52,6 +52,27 @@ def check_feature_source(model: Any, feature_dim: int, patch_encoder: str | None
                                  f"not '{patch_encoder}'")
 
 
+class ConfiguredEncoder:
+    """What every model offers from its config: sizes, the patch encoder, the feature check."""
+
+    config: Any
+
+    @property
+    def in_dim(self) -> int:
+        return self.config.in_dim
+
+    @property
+    def out_dim(self) -> int:
+        return self.config.out_dim
+
+    @property
+    def patch_encoder(self) -> str:
+        return self.config.patch_encoder
+
+    def check_features(self, feature_dim: int, patch_encoder: str | None = None) -> None:
+        check_feature_source(self, feature_dim, patch_encoder)
+
+
 def build_config(config_cls: type, values: dict[str, Any], recipe: str) -> Any:
     """A config dataclass from keyword values; unknown keys raise InputError naming them."""
     known = {f.name for f in dataclasses.fields(config_cls)}
@@ -87,7 +108,7 @@ _THREADS_DESCRIPTION = ("gated-attention MIL slide encoder + expression / mutati
 @register_model("threads-abmil-cpu", trainable=True,
                 description="the threads-abmil recipe sized for CPU training (hidden 128, attention 64)",
                 default_config={"hidden_dim": 128, "attn_dim": 64, "profile_hidden_dim": 256})
-class ThreadsModel(nn.Module):
+class ThreadsModel(ConfiguredEncoder, nn.Module):
     """Slide encoder + optional expression encoder (with its normaliser) + optional mutation
     encoder (with its gene panel) + the learnable CLIP temperature."""
 
@@ -157,24 +178,9 @@ class ThreadsModel(nn.Module):
 
     # -- the common encoding interface ---------------------------------------------------
     @property
-    def in_dim(self) -> int:
-        return self.config.in_dim
-
-    @property
-    def out_dim(self) -> int:
-        return self.config.out_dim
-
-    @property
-    def patch_encoder(self) -> str:
-        return self.config.patch_encoder
-
-    @property
     def modalities(self) -> tuple[str, ...]:
-        present = ("slides", self.expression_encoder is not None, self.mutation_encoder is not None)
+        present = (True, self.expression_encoder is not None, self.mutation_encoder is not None)
         return tuple(name for name, ok in zip(("slides", "expression", "mutations"), present) if ok)
-
-    def check_features(self, feature_dim: int, patch_encoder: str | None = None) -> None:
-        check_feature_source(self, feature_dim, patch_encoder)
 
     def encode_slide(self, bag: np.ndarray | torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE,
                      return_attention: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:

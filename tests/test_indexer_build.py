@@ -22,12 +22,7 @@ N, DIM = 6000, 64
 RECALL_FLOOR = {"flat": 1.0, "hnsw": 0.9, "ivf": 0.9, "ivfpq": 0.8}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    previous = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 @pytest.fixture(scope="module")

@@ -26,12 +26,7 @@ from threads_search.indexer.synthetic import clustered_unit_vectors
 N, DIM = 3000, 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    previous = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 @pytest.fixture(scope="module")
