@@ -14,7 +14,7 @@ import numpy as np
 from threads_search.atlas import Atlas, upsert_items, utc_now
 from threads_search.errors import InputError
 from threads_search.ingest_slides import IngestReport
-from threads_search.metadata import MetadataTable, apply_metadata, read_metadata_csv
+from threads_search.metadata import MetadataTable, apply_metadata, coverage_warnings, read_metadata_csv
 from threads_search.profile_files import ProfileMatrix, hash_file, read_expression, read_mutations, resolve_scale
 
 
@@ -39,18 +39,7 @@ def _check_metadata_coverage(metadata: MetadataTable, profile: ProfileMatrix, st
     if metadata.key_column != "sample_id":
         return {}
     keys = metadata.keys
-    in_file = set(profile.sample_ids)
-    orphan_rows = [k for k in keys if k not in in_file]
-    missing_rows = [s for s in profile.sample_ids if s not in set(keys)]
-    for count, first, message in (
-        (len(orphan_rows), orphan_rows[:1], f"{metadata.path}: {len(orphan_rows)} metadata row(s) have no sample in {profile.path}"),
-        (len(missing_rows), missing_rows[:1], f"{profile.path}: {len(missing_rows)} sample(s) have no metadata row in {metadata.path}"),
-    ):
-        if count:
-            message += f" (first: '{first[0]}')"
-            if strict:
-                raise InputError(message)
-            report.warnings.append(message)
+    report.warnings += coverage_warnings(metadata, profile.sample_ids, profile.path, "sample", strict)
     return {k: (str(p) if p is not None else None) for k, p in zip(keys, metadata.column("patient_id"))}
 
 

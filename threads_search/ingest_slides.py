@@ -16,7 +16,7 @@ from pathlib import Path
 from threads_search.atlas import Atlas, safe_file_name, upsert_items, utc_now
 from threads_search.errors import InputError
 from threads_search.feature_files import FeatureFileInfo, expand_feature_paths, inspect_feature_file
-from threads_search.metadata import apply_metadata, read_metadata_csv
+from threads_search.metadata import apply_metadata, coverage_warnings, read_metadata_csv
 
 Progress = Callable[[int, int, str], None]
 
@@ -92,20 +92,8 @@ def ingest_slides(atlas: Atlas, feature_paths: list[str | os.PathLike], metadata
             patients, samples = metadata.column("patient_id"), metadata.column("sample_id")
             patient_of = {k: str(p) for k, p in zip(keys, patients) if p is not None}
             sample_of = {k: (str(s) if s is not None else None) for k, s in zip(keys, samples)}
-            file_ids = {info.slide_id for info in infos}
-            orphan_rows = [k for k in keys if k not in file_ids]
-            unmatched_files = [i.slide_id for i in infos if i.slide_id not in set(keys)]
-            if orphan_rows:
-                message = f"{metadata.path}: {len(orphan_rows)} metadata row(s) have no feature file (first: '{orphan_rows[0]}')"
-                if strict:
-                    raise InputError(message)
-                report.warnings.append(message)
-            if unmatched_files:
-                first = next(i for i in infos if i.slide_id == unmatched_files[0])
-                message = f"{first.path}: {len(unmatched_files)} feature file(s) have no metadata row in {metadata.path} (first: '{unmatched_files[0]}')"
-                if strict:
-                    raise InputError(message)
-                report.warnings.append(message)
+            report.warnings += coverage_warnings(metadata, [i.slide_id for i in infos], infos[0].path.parent,
+                                                 "feature file", strict, {i.slide_id: i.path for i in infos})
 
     existing = {row[0]: row[1] for row in atlas.sql("SELECT slide_id, fingerprint FROM slides").fetchall()}
     to_write: list[FeatureFileInfo] = []
