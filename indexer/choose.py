@@ -13,11 +13,11 @@ from threads_search.indexer.kinds import get_kind
 # (BLAS), and the answer is exact; TCGA-sized atlases (~11k diagnostic slides) sit far below.
 FLAT_MAX_SCALARS = 2**26
 # Up to this many vectors HNSW is the CPU choice: at 10^5 x 1024-d it built in about the time
-# IVF did (27 vs 24 s, one thread) and answered faster at equal recall (0.34 vs 0.45 ms p50,
-# recall@10 0.98). Beyond it IVF is preferred (not benchmarked at that size): it moves to a
-# GPU, its k-means and list assignment are BLAS work, and tight filters cost it no exact
-# fallback scan.
-HNSW_MAX_VECTORS = 1_000_000
+# IVF did (36 vs 31 s, one thread) and answered faster at equal recall (0.41 vs 0.58 ms p50,
+# recall@10 0.98). At 10^6 it lost on every count (benchmarks/results/index_all.md): 745 s to
+# build against 316 s, recall@10 0.87 even at efSearch 512 against 0.96, 287 against 528
+# queries/s. Between the two sizes IVF is taken from 250k on, a measured-side-of-safe cut.
+HNSW_MAX_VECTORS = 250_000
 
 
 def choose_kind(n: int, dim: int, max_memory_bytes: int | None = None, gpu: bool = False) -> str:
