@@ -106,7 +106,8 @@ def measure_slide(path: pathlib.Path, encoder_name: str, batch_size: int) -> dic
         (result,) = extract_slides([path], out, patch_encoder=encoder_name, batch_size=batch_size, device="cpu")
         extract_s = time.perf_counter() - started
     n = plan.n_patches
-    assert result.n_patches == n
+    if result.n_patches != n:
+        raise SystemExit(f"{path.name}: the extract job wrote {result.n_patches} patches, the plan has {n}")
     return {
         "slide": path.name,
         "level0_size": list(dimensions),

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from threads_search.atlas import Atlas, upsert_items, utc_now
-from threads_search.errors import InputError
-from threads_search.ingest_slides import IngestReport
+from threads_search.ingest_plan import IngestReport, plan_writes
 from threads_search.metadata import MetadataTable, apply_metadata, coverage_warnings, read_metadata_csv
 from threads_search.profile_files import ProfileMatrix, hash_file, read_expression, read_mutations, resolve_scale
 
@@ -64,19 +63,9 @@ def _ingest_profile(atlas: Atlas, modality: str, profile: ProfileMatrix, scale: 
     batch_id = f"{modality}-{fingerprint[:16]}"
     existing_batch = {row[0]: row[1] for row in atlas.sql(
         "SELECT sample_id, batch_id FROM profiles WHERE modality = ?", [modality]).fetchall()}
-    new_samples: list[int] = []
-    for row, sample in enumerate(profile.sample_ids):
-        if sample not in existing_batch:
-            new_samples.append(row)
-        elif existing_batch[sample] == batch_id:
-            report.unchanged += 1
-        elif replace:
-            new_samples.append(row)
-            report.replaced += 1
-        else:
-            raise InputError(f"{profile.path}: sample '{sample}' is already in the atlas ({modality}) from another file; "
-                             f"pass --replace to replace it")
-    report.added = len(new_samples) - report.replaced
+    new_samples = plan_writes(profile.sample_ids, [batch_id] * len(profile.sample_ids), existing_batch, replace, report,
+                              lambda k: f"{profile.path}: sample '{profile.sample_ids[k]}' is already in the atlas "
+                                        f"({modality}) from another file")
     relative = f"profiles/{batch_id}.parquet"
     already_stored = atlas.sql("SELECT count(*) FROM profile_batches WHERE batch_id = ?", [batch_id]).fetchone()[0] > 0
     wrote_file = False

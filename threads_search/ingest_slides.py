@@ -10,26 +10,15 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from threads_search.atlas import Atlas, safe_file_name, upsert_items, utc_now
 from threads_search.errors import InputError
 from threads_search.feature_files import FeatureFileInfo, expand_feature_paths, inspect_feature_file
+from threads_search.ingest_plan import IngestReport, plan_writes
 from threads_search.metadata import apply_metadata, coverage_warnings, read_metadata_csv
 
 Progress = Callable[[int, int, str], None]
-
-
-@dataclass
-class IngestReport:
-    """What an ingest call did; `warnings` are one-liners the CLI prints."""
-
-    added: int = 0
-    replaced: int = 0
-    unchanged: int = 0
-    metadata_rows_matched: int = 0
-    warnings: list[str] = field(default_factory=list)
 
 
 def _check_consistent(atlas: Atlas, infos: list[FeatureFileInfo]) -> None:
@@ -96,19 +85,9 @@ def ingest_slides(atlas: Atlas, feature_paths: list[str | os.PathLike], metadata
                                                  "feature file", strict, {i.slide_id: i.path for i in infos})
 
     existing = {row[0]: row[1] for row in atlas.sql("SELECT slide_id, fingerprint FROM slides").fetchall()}
-    to_write: list[FeatureFileInfo] = []
-    for info in infos:
-        if info.slide_id not in existing:
-            to_write.append(info)
-        elif existing[info.slide_id] == info.fingerprint:
-            report.unchanged += 1
-        elif replace:
-            to_write.append(info)
-            report.replaced += 1
-        else:
-            raise InputError(f"{info.path}: slide id '{info.slide_id}' is already in the atlas from a different file; "
-                             f"pass --replace to replace it")
-    report.added = len(to_write) - report.replaced
+    chosen = plan_writes([i.slide_id for i in infos], [i.fingerprint for i in infos], existing, replace, report,
+                         lambda k: f"{infos[k].path}: slide id '{infos[k].slide_id}' is already in the atlas from a different file")
+    to_write = [infos[k] for k in chosen]
 
     copied: list[Path] = []
     try:
