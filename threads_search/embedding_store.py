@@ -51,14 +51,16 @@ def load_embeddings(atlas: Atlas, model_id: str, modality: str, vids: list[int] 
     import pyarrow.parquet as pq
 
     current = {r[0] for r in atlas.sql("SELECT vid FROM items WHERE modality = ?", [modality]).fetchall()}
-    wanted = current if vids is None else current & set(vids)
+    wanted = np.fromiter(current if vids is None else current & set(vids), np.int64)
     all_ids, all_vectors = [], []
     for part in _parts(atlas, model_id, modality):
-        table = pq.read_table(atlas.path(part))
-        ids = table.column("vid").to_numpy()
-        column = table.column("vector").combine_chunks()
+        # The id column first: a query for a few items then reads vectors of the parts holding them only.
+        ids = pq.read_table(atlas.path(part), columns=["vid"]).column("vid").to_numpy()
+        keep = np.isin(ids, wanted)
+        if not keep.any():
+            continue
+        column = pq.read_table(atlas.path(part), columns=["vector"]).column("vector").combine_chunks()
         vectors = column.flatten().to_numpy().reshape(len(ids), column.type.list_size)
-        keep = np.fromiter((i in wanted for i in ids), bool, len(ids))
         all_ids.append(ids[keep])
         all_vectors.append(vectors[keep])
     if not all_ids:

@@ -119,8 +119,12 @@ def resolve_query(atlas: Atlas, model: _LazyModel, query: Query) -> ResolvedQuer
         from threads_search.bags import load_slide_bag, slide_records
 
         vid, _, patient = _item(atlas, query.slide_id, ("slides",))
-        record = next(r for r in slide_records(atlas) if r.vid == vid)
-        vector = _stored_or_encoded(atlas, model, vid, "slides", lambda: model.get().encode_slide(load_slide_bag(record)))
+
+        def encode():
+            (record,) = slide_records(atlas, f"vid = {int(vid)}")
+            return model.get().encode_slide(load_slide_bag(record))
+
+        vector = _stored_or_encoded(atlas, model, vid, "slides", encode)
         return ResolvedQuery(vector, {"type": "slide", "id": query.slide_id, "modality": "slides", "patient_id": patient}, vid)
     if source == "features":
         from threads_search.feature_files import inspect_feature_file, read_bag
