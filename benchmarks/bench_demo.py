@@ -16,7 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from threads_search.demo import run_demo
+from threads_search.demo.run import run_demo
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -81,7 +81,7 @@ def run_encode_case(n_patches: int, method: str, threads: int, repeats: int) -> 
 
 
 def synthetic_training_set(n_slides: int, seed: int = 0):
-    from threads_search.paired_data import PairedDataset, ProfileTable, SlideRecord
+    from threads_search.training.paired_data import PairedDataset, ProfileTable, SlideRecord
 
     rng = np.random.default_rng(seed)
     patients = [f"P{i:04d}" for i in range(n_slides)]
@@ -92,7 +92,7 @@ def synthetic_training_set(n_slides: int, seed: int = 0):
 
 
 def bench_trainer(dataset, epochs: int) -> dict:
-    from threads_search.training import TrainingConfig, train_model
+    from threads_search.training.trainer import TrainingConfig, train_model
 
     config = TrainingConfig(recipe="threads-abmil-cpu", epochs=epochs, batch_size=32, val_fraction=0.0, device="cpu")
     result = train_model(dataset, config)
@@ -110,8 +110,8 @@ def bench_plain_loop(dataset, epochs: int) -> dict:
 
     from threads_search.encoders.molecular import ExpressionNormaliser
     from threads_search.encoders.registry import create_model
-    from threads_search.paired_data import sample_bag
-    from threads_search.training import clip_loss
+    from threads_search.training.paired_data import sample_bag
+    from threads_search.training.trainer import clip_loss
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)

@@ -28,8 +28,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 WORKERS = {
     "threads-search": """
-from threads_search.atlas import init_atlas
-from threads_search.ingest_slides import ingest_slides
+from threads_search.atlas.store import init_atlas
+from threads_search.ingest.slides import ingest_slides
 atlas = init_atlas(sys.argv[2])
 report = ingest_slides(atlas, [sys.argv[1]])
 atlas.close()

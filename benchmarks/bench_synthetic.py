@@ -22,7 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from threads_search.synthetic import demo_config, generate_cohort
+from threads_search.synthetic.cohort import demo_config, generate_cohort
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -94,8 +94,8 @@ def trained_results(files, heldout_slides: list[dict], epochs: int, seed: int) -
     """Train threads-abmil-cpu on the training sites, embed the held-out first slides."""
     import torch
 
-    from threads_search.paired_data import PairedDataset, ProfileTable, SlideRecord
-    from threads_search.training import TrainingConfig, train_model
+    from threads_search.training.paired_data import PairedDataset, ProfileTable, SlideRecord
+    from threads_search.training.trainer import TrainingConfig, train_model
 
     torch.set_num_threads(1)
     slides = [r for r in read_rows(files.slides_csv) if r["cohort"] == "train"]

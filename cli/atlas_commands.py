@@ -12,7 +12,7 @@ from threads_search.cli.render import table
 
 def init(atlas: Path = typer.Argument(..., help="Folder to create the atlas in.")) -> None:
     """Create an empty atlas folder."""
-    from threads_search.atlas import init_atlas
+    from threads_search.atlas.store import init_atlas
 
     init_atlas(atlas).close()
     typer.echo(f"created atlas {atlas}")
@@ -21,8 +21,8 @@ def init(atlas: Path = typer.Argument(..., help="Folder to create the atlas in."
 def info(atlas: Path = typer.Argument(..., help="Atlas folder."),
          as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON.")) -> None:
     """What an atlas holds: counts by modality and metadata, features, genes, models, indexes."""
-    from threads_search.atlas import open_atlas
-    from threads_search.info import atlas_info
+    from threads_search.atlas.store import open_atlas
+    from threads_search.atlas.info import atlas_info
 
     with open_atlas(atlas, read_only=True) as opened:
         summary = atlas_info(opened)

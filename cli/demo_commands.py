@@ -98,7 +98,7 @@ def demo(out: Path = typer.Option(Path("threads-search-demo"), "--out", help="Fo
     Re-running on a finished demo folder shows its summary again; an interrupted one is started over.
     """
     from threads_search.cli.search_commands import render_hits
-    from threads_search.demo import run_demo
+    from threads_search.demo.run import run_demo
 
     terminal = _Terminal(quiet)
     try:

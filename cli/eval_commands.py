@@ -79,8 +79,8 @@ def evaluate(atlas: Path = typer.Argument(..., help="Atlas folder."),
              json_path: Path = typer.Option(None, "--json", help="Write the report as JSON."),
              plots: Path = typer.Option(None, "--plots", help="Folder for PNG plots.")) -> None:
     """Retrieval mAP@K, Acc@K, MV@K (+ trec mAP) with CIs, per class, beside mean pooling and chance."""
-    from threads_search.atlas import open_atlas
-    from threads_search.eval_job import evaluate_atlas, write_evaluation
+    from threads_search.atlas.store import open_atlas
+    from threads_search.jobs.evaluate import evaluate_atlas, write_evaluation
 
     ks = parse_ints(k, "-k")
     with open_atlas(atlas, read_only=True) as opened:
@@ -104,8 +104,8 @@ def fewshot(atlas: Path = typer.Argument(..., help="Atlas folder."),
             json_path: Path = typer.Option(None, "--json", help="Write the curve as JSON."),
             plots: Path = typer.Option(None, "--plots", help="Folder for the PNG curve.")) -> None:
     """Label efficiency: prototype classification vs a linear probe from k items per class."""
-    from threads_search.atlas import open_atlas, write_json_atomic
-    from threads_search.eval_job import fewshot_atlas
+    from threads_search.atlas.store import open_atlas, write_json_atomic
+    from threads_search.jobs.evaluate import fewshot_atlas
 
     shot_counts = parse_ints(shots, "--shots")
     with open_atlas(atlas, read_only=True) as opened:

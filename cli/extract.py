@@ -77,9 +77,9 @@ def heatmap(
     mpp: float | None = typer.Option(None, "--mpp", help="Microns per pixel at level 0, for --wsi files that lack it."),
 ) -> None:
     """The slide encoder's attention over the tissue: which regions made the match."""
-    from threads_search.atlas import open_atlas
+    from threads_search.atlas.store import open_atlas
     from threads_search.cli.render import warn
-    from threads_search.heatmap_job import attention_heatmap
+    from threads_search.search.heatmap import attention_heatmap
 
     with open_atlas(atlas, read_only=True) as opened:
         result = attention_heatmap(opened, out, slide_id=slide_id, wsi=wsi, model_id=model, mpp=mpp)

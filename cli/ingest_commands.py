@@ -26,8 +26,8 @@ def slides(atlas: Path = typer.Argument(..., help="Atlas folder."),
            replace: bool = _REPLACE, strict: bool = _STRICT,
            quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:
     """Ingest patch-feature files (one per slide; slide id = file stem)."""
-    from threads_search.atlas import open_atlas
-    from threads_search.ingest_slides import ingest_slides
+    from threads_search.atlas.store import open_atlas
+    from threads_search.ingest.slides import ingest_slides
 
     with open_atlas(atlas) as opened, progress_bar("checking feature files", quiet) as progress:
         report = ingest_slides(opened, features, metadata, copy=copy, replace=replace, strict=strict, progress=progress)
@@ -41,8 +41,8 @@ def expression(atlas: Path = typer.Argument(..., help="Atlas folder."),
                scale: str = typer.Option("auto", "--scale", help="auto | counts | tpm | log."),
                replace: bool = _REPLACE, strict: bool = _STRICT) -> None:
     """Ingest an expression matrix; its scale is detected (or given) and recorded."""
-    from threads_search.atlas import open_atlas
-    from threads_search.ingest_profiles import ingest_expression
+    from threads_search.atlas.store import open_atlas
+    from threads_search.ingest.profiles import ingest_expression
 
     with open_atlas(atlas) as opened:
         report = ingest_expression(opened, file, metadata, genes_as_rows=genes_as_rows, scale=scale, replace=replace, strict=strict)
@@ -57,8 +57,8 @@ def mutations(atlas: Path = typer.Argument(..., help="Atlas folder."),
               file: Path = typer.Argument(..., help="MAF, or a samples x genes 0/1 matrix."),
               metadata: Path = _METADATA, replace: bool = _REPLACE, strict: bool = _STRICT) -> None:
     """Ingest mutations as multi-hot profiles over genes."""
-    from threads_search.atlas import open_atlas
-    from threads_search.ingest_profiles import ingest_mutations
+    from threads_search.atlas.store import open_atlas
+    from threads_search.ingest.profiles import ingest_mutations
 
     with open_atlas(atlas) as opened:
         report = ingest_mutations(opened, file, metadata, replace=replace, strict=strict)

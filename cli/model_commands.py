@@ -21,9 +21,9 @@ def train(atlas: Path = typer.Argument(..., help="Atlas folder."),
           out: Path = typer.Option(None, "--out", help="Also write the checkpoint (config.json + model.safetensors) here."),
           quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:
     """Train the slide and molecular encoders contrastively on paired slides and profiles."""
-    from threads_search.atlas import open_atlas
-    from threads_search.train_job import default_recipe, train_atlas_model
-    from threads_search.training import TrainingConfig
+    from threads_search.atlas.store import open_atlas
+    from threads_search.training.job import default_recipe, train_atlas_model
+    from threads_search.training.trainer import TrainingConfig
 
     config = TrainingConfig(recipe=recipe or default_recipe(device), epochs=epochs, device=device, batch_size=batch_size,
                             patches_per_slide=patches, seed=seed)
@@ -54,9 +54,9 @@ def embed(atlas: Path = typer.Argument(..., help="Atlas folder."),
           model: str = typer.Option(None, "--model", help="Model id or prefix (default: the newest trained model)."),
           quiet: bool = typer.Option(False, "--quiet")) -> None:
     """Embed every slide and profile with a model (resumes; skips what is done)."""
-    from threads_search.atlas import open_atlas
-    from threads_search.embed_job import embed_atlas
-    from threads_search.models import resolve_model_id
+    from threads_search.atlas.store import open_atlas
+    from threads_search.jobs.embed import embed_atlas
+    from threads_search.atlas.model_records import resolve_model_id
 
     with open_atlas(atlas) as opened, progress_bar("embedding slides", quiet) as progress:
         report = embed_atlas(opened, resolve_model_id(opened, model), progress)
@@ -73,9 +73,9 @@ def index(atlas: Path = typer.Argument(..., help="Atlas folder."),
           rebuild: bool = typer.Option(False, "--rebuild", help="Build anew instead of adding new items."),
           all_models: bool = typer.Option(False, "--all-models", help="Index every model that has embeddings.")) -> None:
     """Build (or extend) one FAISS index per modality; recall@10 is measured and recorded."""
-    from threads_search.atlas import open_atlas
-    from threads_search.index_job import build_atlas_indexes
-    from threads_search.models import resolve_model_id
+    from threads_search.atlas.store import open_atlas
+    from threads_search.jobs.index import build_atlas_indexes
+    from threads_search.atlas.model_records import resolve_model_id
 
     with open_atlas(atlas) as opened:
         if all_models:

@@ -32,8 +32,8 @@ def search(atlas: Path = typer.Argument(..., help="Atlas folder."),
            device: str = typer.Option("auto", "--device", help="auto | cpu | gpu for the index."),
            output: str = typer.Option("table", "--format", help="table | json | csv.")) -> None:
     """Nearest neighbours of a slide, feature file, raw slide, profile or prototype."""
-    from threads_search.atlas import open_atlas
-    from threads_search.query import SearchOptions, query_from_arguments, search_atlas
+    from threads_search.atlas.store import open_atlas
+    from threads_search.search.query import SearchOptions, query_from_arguments, search_atlas
 
     query = query_from_arguments(slide_id, features, wsi, sample_id, expression, sample, prototype, mpp)
     options = SearchOptions(target=target, k=k, where=where, include_same_patient=include_same_patient,
@@ -81,9 +81,9 @@ def prototypes(atlas: Path = typer.Argument(..., help="Atlas folder."),
                name: str = typer.Option(None, "--name", help="Name of the set (default LABEL-MODALITY)."),
                model: str = typer.Option(None, "--model", help="Model id or prefix.")) -> None:
     """Class prototypes: the mean normalised embedding of each class (molecular prompting)."""
-    from threads_search.atlas import open_atlas
-    from threads_search.models import resolve_model_id
-    from threads_search.prototypes import build_prototypes
+    from threads_search.atlas.store import open_atlas
+    from threads_search.atlas.model_records import resolve_model_id
+    from threads_search.search.prototypes import build_prototypes
 
     with open_atlas(atlas) as opened:
         built = build_prototypes(opened, resolve_model_id(opened, model), label, modality, where, name)
@@ -96,8 +96,8 @@ def classify(atlas: Path = typer.Argument(..., help="Atlas folder."),
              where: str = typer.Option(None, "--where", help="SQL selecting the slides."),
              output: str = typer.Option("table", "--format", help="table | json | csv.")) -> None:
     """Zero-shot classification of slides by their nearest prototype."""
-    from threads_search.atlas import open_atlas
-    from threads_search.prototypes import classify_slides
+    from threads_search.atlas.store import open_atlas
+    from threads_search.search.prototypes import classify_slides
 
     with open_atlas(atlas, read_only=True) as opened:
         result = classify_slides(opened, prototypes_name, where)

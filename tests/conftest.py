@@ -101,8 +101,8 @@ def ingest_quick_cohort(root: Path, seed: int = 3, slides: list[Path] | None = N
     from typer.testing import CliRunner
 
     from threads_search.cli.app import app
-    from threads_search.synthetic import generate_cohort
-    from threads_search.synthetic_config import quick_config
+    from threads_search.synthetic.cohort import generate_cohort
+    from threads_search.synthetic.config import quick_config
 
     cohort = generate_cohort(root / "cohort", quick_config(seed=seed))
     path = root / "atlas"
@@ -116,10 +116,10 @@ def ingest_quick_cohort(root: Path, seed: int = 3, slides: list[Path] | None = N
 
 def store_fitted_baseline(path: Path, where_sql: str | None = None) -> str:
     """Fit the mean-pooling model on the atlas's (selected) pairs and store it; returns its id."""
-    from threads_search.atlas import open_atlas
-    from threads_search.models import store_model
-    from threads_search.train_job import _fitted_baseline, paired_dataset
-    from threads_search.training import TrainingConfig
+    from threads_search.atlas.store import open_atlas
+    from threads_search.atlas.model_records import store_model
+    from threads_search.training.job import _fitted_baseline, paired_dataset
+    from threads_search.training.trainer import TrainingConfig
 
     with open_atlas(path) as atlas:
         dataset = paired_dataset(atlas, where_sql)

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from threads_search.cli.app import app
-from threads_search.demo_folder import MARKER_NAME, prepare_folder
+from threads_search.demo.folder import MARKER_NAME, prepare_folder
 from threads_search.errors import InputError
 
 runner = CliRunner()
@@ -35,8 +35,8 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 
 def _held_out(out, model_id: str, modality: str, cohort: str = "heldout"):
     """(unit vectors, patients, subtypes) of the cohort's items embedded with the model."""
-    from threads_search.atlas import open_atlas
-    from threads_search.embedding_store import load_embeddings
+    from threads_search.atlas.store import open_atlas
+    from threads_search.atlas.embeddings import load_embeddings
 
     with open_atlas(out / "atlas", read_only=True) as atlas:
         rows = atlas.sql("SELECT vid, patient_id, subtype FROM items WHERE modality = ? AND cohort = ?",

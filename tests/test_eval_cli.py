@@ -37,12 +37,12 @@ def built(tmp_path_factory) -> Built:
     import torch
 
     from conftest import ingest_quick_cohort, store_fitted_baseline
-    from threads_search.atlas import open_atlas
-    from threads_search.embed_job import embed_atlas
+    from threads_search.atlas.store import open_atlas
+    from threads_search.jobs.embed import embed_atlas
     from threads_search.encoders.molecular import ExpressionNormaliser
     from threads_search.encoders.registry import create_model
-    from threads_search.models import store_model
-    from threads_search.train_job import paired_dataset
+    from threads_search.atlas.model_records import store_model
+    from threads_search.training.job import paired_dataset
 
     path, _ = ingest_quick_cohort(tmp_path_factory.mktemp("eval"))
     baseline_id = store_fitted_baseline(path, TRAIN)
@@ -75,8 +75,8 @@ class Items:
 
 
 def items(built: Built, model_id: str, modality: str) -> Items:
-    from threads_search.atlas import open_atlas
-    from threads_search.embedding_store import load_embeddings
+    from threads_search.atlas.store import open_atlas
+    from threads_search.atlas.embeddings import load_embeddings
 
     with open_atlas(built.path, read_only=True) as atlas:
         rows = atlas.sql("SELECT vid, subtype, patient_id, cohort FROM items WHERE modality = ? ORDER BY vid",
@@ -212,9 +212,9 @@ def test_a_model_prefix_selects_mean_pooling_which_then_has_only_chance_beside_i
 
 
 def test_a_baseline_without_embeddings_becomes_a_note(built, tmp_path):
-    from threads_search.atlas import open_atlas
+    from threads_search.atlas.store import open_atlas
     from threads_search.encoders.registry import create_model
-    from threads_search.models import store_model
+    from threads_search.atlas.model_records import store_model
 
     copy = tmp_path / "atlas"
     shutil.copytree(built.path, copy)

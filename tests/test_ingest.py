@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import write_clam, write_csv, write_trident
-from threads_search.atlas import open_atlas
+from threads_search.atlas.store import open_atlas
 from threads_search.cli.app import app
 
 runner = CliRunner()
@@ -105,7 +105,7 @@ def test_genes_as_rows_and_parquet_and_h5ad_agree(atlas, tmp_path, rng):
     frame = pd.DataFrame(values, index=samples, columns=genes).rename_axis("sample_id").reset_index()
     frame.to_parquet(tmp_path / "expr.parquet")
     anndata.AnnData(X=values, obs=pd.DataFrame(index=samples), var=pd.DataFrame(index=genes)).write_h5ad(tmp_path / "expr.h5ad")
-    from threads_search.profile_files import read_expression
+    from threads_search.readers.profiles import read_expression
 
     as_rows = read_expression(tmp_path / "xena.tsv", genes_as_rows=True)
     parquet = read_expression(tmp_path / "expr.parquet")
@@ -130,7 +130,7 @@ def test_real_gse7390_breast_cancer_expression(atlas, tmp_path):
     summary = info_json(atlas)
     assert summary["items"]["expression"] == 198
     assert summary["profiles"][0]["genes"] == 76
-    from threads_search.ingest_profiles import load_profiles
+    from threads_search.ingest.profiles import load_profiles
 
     with open_atlas(atlas) as opened:
         (stored,) = load_profiles(opened, "expression")
@@ -144,7 +144,7 @@ def test_maf_and_binary_matrix(atlas, tmp_path):
                    "TP53\tS1\tMissense_Mutation\nPIK3CA\tS1\tSilent\nPIK3CA\tS2\tMissense_Mutation\nKRAS\tS3\tNonsense_Mutation\n")
     result = cli("ingest", "mutations", atlas, maf)
     assert result.exit_code == 0, result.output
-    from threads_search.ingest_profiles import load_profiles
+    from threads_search.ingest.profiles import load_profiles
 
     with open_atlas(atlas) as opened:
         (stored,) = load_profiles(opened, "mutations")
@@ -166,7 +166,7 @@ def test_metadata_mismatch_warns_or_refuses_with_strict(atlas, feature_folder, t
 
 
 def test_referenced_file_that_changes_or_vanishes_is_named(atlas, feature_folder, rng):
-    from threads_search.bags import load_slide_bag, slide_records
+    from threads_search.atlas.slide_bags import load_slide_bag, slide_records
     from threads_search.errors import InputError
 
     assert cli("ingest", "slides", atlas, feature_folder).exit_code == 0
@@ -183,7 +183,7 @@ def test_referenced_file_that_changes_or_vanishes_is_named(atlas, feature_folder
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_finite_check_agrees_with_numpy(dtype):
-    from threads_search.feature_files import _all_finite
+    from threads_search.readers.patch_features import _all_finite
 
     base = np.random.default_rng(3).normal(size=(50, 8)).astype(dtype)
     base[4, 2] = np.finfo(dtype).max  # largest finite value is still finite

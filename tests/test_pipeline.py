@@ -20,8 +20,8 @@ def cli(*args):
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    from threads_search.synthetic import generate_cohort
-    from threads_search.synthetic_config import quick_config
+    from threads_search.synthetic.cohort import generate_cohort
+    from threads_search.synthetic.config import quick_config
 
     return generate_cohort(tmp_path_factory.mktemp("cohort") / "c", quick_config(seed=5))
 
@@ -35,9 +35,10 @@ def new_atlas(tmp_path: Path, cohort, slides=None) -> Path:
 
 
 def test_embed_resumes_after_an_interruption(tmp_path, cohort, monkeypatch):
-    from threads_search import embed_job, embedding_store
-    from threads_search.atlas import open_atlas
-    from threads_search.embedding_store import load_embeddings
+    from threads_search.jobs import embed as embed_job
+    from threads_search.atlas import embeddings as embedding_store
+    from threads_search.atlas.store import open_atlas
+    from threads_search.atlas.embeddings import load_embeddings
 
     path = new_atlas(tmp_path, cohort)
     model_id = store_fitted_baseline(path)
@@ -82,8 +83,8 @@ def test_index_takes_new_items_incrementally(tmp_path, cohort):
     assert grown.exit_code == 0, grown.output
     n_total = len(list(cohort.features_dir.glob("*.h5")))
     assert "added" in grown.output
-    from threads_search.atlas import open_atlas
-    from threads_search.index_job import open_index
+    from threads_search.atlas.store import open_atlas
+    from threads_search.jobs.index import open_index
 
     with open_atlas(path, read_only=True) as atlas:
         index = open_index(atlas, model_id, "slides")
@@ -97,7 +98,7 @@ def test_train_refuses_what_it_cannot_train_on(tmp_path, cohort):
     path = new_atlas(tmp_path, cohort)
     nothing = cli("train", path, "--where", "cohort = 'nowhere'", "--quiet")
     assert nothing.exit_code == 2 and "no slides match" in nothing.output
-    from threads_search.atlas import open_atlas
+    from threads_search.atlas.store import open_atlas
 
     with open_atlas(path) as atlas:
         patient = atlas.sql("SELECT patient_id FROM items WHERE modality = 'slides' AND patient_id IN "
@@ -114,7 +115,7 @@ def test_train_refuses_what_it_cannot_train_on(tmp_path, cohort):
 
 
 def test_train_from_the_cli_stores_the_model_and_a_copy(tmp_path, cohort):
-    from threads_search.atlas import open_atlas
+    from threads_search.atlas.store import open_atlas
     from threads_search.encoders.checkpoint import load_model, read_model_id
 
     path = new_atlas(tmp_path, cohort)

@@ -22,9 +22,9 @@ def cli(*args):
 def atlas(tmp_path_factory) -> Path:
     """Quick synthetic cohort, ingested, embedded and indexed with a fitted mean-pooling model."""
     from conftest import ingest_quick_cohort, store_fitted_baseline
-    from threads_search.atlas import open_atlas
-    from threads_search.embed_job import embed_atlas
-    from threads_search.index_job import build_atlas_indexes
+    from threads_search.atlas.store import open_atlas
+    from threads_search.jobs.embed import embed_atlas
+    from threads_search.jobs.index import build_atlas_indexes
 
     path, _ = ingest_quick_cohort(tmp_path_factory.mktemp("query"))
     model_id = store_fitted_baseline(path, "cohort = 'train'")
@@ -35,16 +35,16 @@ def atlas(tmp_path_factory) -> Path:
 
 
 def slides_table(atlas: Path) -> list[tuple]:
-    from threads_search.atlas import open_atlas
+    from threads_search.atlas.store import open_atlas
 
     with open_atlas(atlas, read_only=True) as opened:
         return opened.sql("SELECT item_id, patient_id, cohort, subtype, vid FROM items WHERE modality = 'slides' ORDER BY vid").fetchall()
 
 
 def brute_force(atlas: Path, query_vid: int, allowed: set[int], k: int) -> list[tuple[int, float]]:
-    from threads_search.atlas import open_atlas
-    from threads_search.embedding_store import load_embeddings
-    from threads_search.models import resolve_model_id
+    from threads_search.atlas.store import open_atlas
+    from threads_search.atlas.embeddings import load_embeddings
+    from threads_search.atlas.model_records import resolve_model_id
 
     with open_atlas(atlas, read_only=True) as opened:
         ids, vectors = load_embeddings(opened, resolve_model_id(opened), "slides")
@@ -103,8 +103,8 @@ def test_k_larger_than_candidates_returns_what_exists_and_says_so(atlas):
 
 
 def test_expression_row_to_slides_and_table_output(atlas, tmp_path):
-    from threads_search.atlas import open_atlas
-    from threads_search.ingest_profiles import load_profiles
+    from threads_search.atlas.store import open_atlas
+    from threads_search.ingest.profiles import load_profiles
 
     with open_atlas(atlas, read_only=True) as opened:
         (profiles,) = load_profiles(opened, "expression")
@@ -121,10 +121,10 @@ def test_expression_row_to_slides_and_table_output(atlas, tmp_path):
 
 
 def test_prototype_classification_matches_a_hand_computation(atlas):
-    from threads_search.atlas import open_atlas
-    from threads_search.embedding_store import load_embeddings
-    from threads_search.models import resolve_model_id
-    from threads_search.prototypes import build_prototypes, classify_slides
+    from threads_search.atlas.store import open_atlas
+    from threads_search.atlas.embeddings import load_embeddings
+    from threads_search.atlas.model_records import resolve_model_id
+    from threads_search.search.prototypes import build_prototypes, classify_slides
 
     with open_atlas(atlas) as opened:
         model_id = resolve_model_id(opened)
@@ -173,9 +173,9 @@ def test_query_file_with_wrong_feature_dimension(atlas, tmp_path):
 
 
 def test_prototype_class_without_members(atlas):
-    from threads_search.atlas import open_atlas
-    from threads_search.models import resolve_model_id
-    from threads_search.prototypes import build_prototypes
+    from threads_search.atlas.store import open_atlas
+    from threads_search.atlas.model_records import resolve_model_id
+    from threads_search.search.prototypes import build_prototypes
 
     with open_atlas(atlas) as opened:
         build_prototypes(opened, resolve_model_id(opened), "subtype", "slides", "cohort = 'train'", "p2")
@@ -201,7 +201,7 @@ def test_corrupt_or_missing_index_says_rebuild(atlas, tmp_path):
 def test_index_of_another_model_is_refused(atlas, tmp_path):
     import shutil
 
-    from threads_search.atlas import open_atlas
+    from threads_search.atlas.store import open_atlas
 
     copy = tmp_path / "copy"
     shutil.copytree(atlas, copy)

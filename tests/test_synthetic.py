@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from threads_search.errors import InputError
-from threads_search.synthetic import CohortConfig, generate_cohort, quick_config
-from threads_search.synthetic_bags import quantised_gaussian_noise
-from threads_search.synthetic_design import draw_patients, largest_remainder_counts
-from threads_search.synthetic_molecular import DRIVER_GENES, SHARED_DRIVER
+from threads_search.synthetic.cohort import CohortConfig, generate_cohort, quick_config
+from threads_search.synthetic.bags import quantised_gaussian_noise
+from threads_search.synthetic.design import draw_patients, largest_remainder_counts
+from threads_search.synthetic.molecular import DRIVER_GENES, SHARED_DRIVER
 
 PATIENT_ID = re.compile(r"^SYN-S[1-6]-\d{4}$")
 SLIDE_ID = re.compile(r"^SYN-S[1-6]-\d{4}-01Z-00-DX[12]$")

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from threads_search.synthetic import generate_cohort, quick_config
+from threads_search.synthetic.cohort import generate_cohort, quick_config
 
 
 def leave_one_out_1nn_accuracy(vectors: np.ndarray, labels: np.ndarray) -> float:

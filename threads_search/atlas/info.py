@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from threads_search.atlas import Atlas, quote_identifier
+from threads_search.atlas.store import Atlas, quote_identifier
 
 MAX_LEVELS_SHOWN = 20
 

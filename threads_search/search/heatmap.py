@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from threads_search.atlas import Atlas
+from threads_search.atlas.store import Atlas
 from threads_search.errors import InputError, ModelMismatchError
 
 BLANK_CANVAS_MAX_SIDE = 1024
@@ -69,7 +69,7 @@ def has_attention(model) -> bool:
 
 def _attention_model(atlas: Atlas, requested: str | None):
     """(model_id, model) of a model with per-patch attention; refuses baselines, naming one that has it."""
-    from threads_search.models import load_atlas_model, resolve_model_id
+    from threads_search.atlas.model_records import load_atlas_model, resolve_model_id
 
     model_id = resolve_model_id(atlas, requested)
     model = load_atlas_model(atlas, model_id)
@@ -105,8 +105,8 @@ def _patch_size_level0(path: Path, recorded: int | None, attrs: dict, coords: np
 
 def _atlas_slide(atlas: Atlas, slide_id: str) -> tuple[_SlidePatches, Path, dict]:
     """An atlas slide's features and coordinates, its feature file and the file's attributes."""
-    from threads_search.bags import load_slide_bag, slide_records
-    from threads_search.feature_files import read_coords
+    from threads_search.atlas.slide_bags import load_slide_bag, slide_records
+    from threads_search.readers.patch_features import read_coords
 
     record = next((r for r in slide_records(atlas) if r.slide_id == slide_id), None)
     if record is None:
@@ -172,7 +172,7 @@ def _gather(atlas: Atlas, model, slide_id: str | None, wsi: Path | None, mpp: fl
     """(patches, background, notes) for the requested slide."""
     from PIL import Image
 
-    from threads_search.query import extract_like_atlas
+    from threads_search.search.query import extract_like_atlas
 
     if slide_id is None:
         slide, notes = extract_like_atlas(atlas, wsi, mpp, model)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from threads_search.errors import InputError
-from threads_search.synthetic_config import CohortConfig
+from threads_search.synthetic.config import CohortConfig
 
 # Stream numbers of `np.random.SeedSequence([seed, stream, ...])`; fixed forever so that
 # a seed keeps meaning the same cohort.

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from threads_search.atlas import Atlas, upsert_items, utc_now
-from threads_search.ingest_plan import IngestReport, plan_writes
-from threads_search.metadata import MetadataTable, apply_metadata, coverage_warnings, read_metadata_csv
-from threads_search.profile_files import ProfileMatrix, hash_file, read_expression, read_mutations, resolve_scale
+from threads_search.atlas.store import Atlas, upsert_items, utc_now
+from threads_search.ingest.plan import IngestReport, plan_writes
+from threads_search.ingest.metadata import MetadataTable, apply_metadata, coverage_warnings, read_metadata_csv
+from threads_search.readers.profiles import ProfileMatrix, hash_file, read_expression, read_mutations, resolve_scale
 
 
 def ingest_expression(atlas: Atlas, path: str | os.PathLike, metadata_csv: str | os.PathLike | None = None,

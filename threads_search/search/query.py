@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from threads_search.atlas import MODALITIES, Atlas, quote_identifier
+from threads_search.atlas.store import MODALITIES, Atlas, quote_identifier
 from threads_search.errors import InputError
-from threads_search.filters import matching_vids
-from threads_search.index_job import open_index
-from threads_search.models import load_atlas_model, resolve_model_id
+from threads_search.atlas.where import matching_vids
+from threads_search.jobs.index import open_index
+from threads_search.atlas.model_records import load_atlas_model, resolve_model_id
 
 DEFAULT_LABEL_COLUMNS = ("subtype", "diagnosis", "label", "class", "oncotree_code")
 
@@ -106,7 +106,7 @@ def _item(atlas: Atlas, item_id: str, modalities: tuple[str, ...]) -> tuple[int,
 
 
 def _stored_or_encoded(atlas: Atlas, model: _LazyModel, vid: int, modality: str, encode) -> np.ndarray:
-    from threads_search.embedding_store import load_embeddings
+    from threads_search.atlas.embeddings import load_embeddings
 
     ids, vectors = load_embeddings(atlas, model.model_id, modality, [vid])
     return vectors[0] if ids.size else encode()
@@ -116,7 +116,7 @@ def resolve_query(atlas: Atlas, model: _LazyModel, query: Query) -> ResolvedQuer
     """The query's vector in the model's space, with what is known about it."""
     source = query.source()
     if source == "slide_id":
-        from threads_search.bags import load_slide_bag, slide_records
+        from threads_search.atlas.slide_bags import load_slide_bag, slide_records
 
         vid, _, patient = _item(atlas, query.slide_id, ("slides",))
 
@@ -127,7 +127,7 @@ def resolve_query(atlas: Atlas, model: _LazyModel, query: Query) -> ResolvedQuer
         vector = _stored_or_encoded(atlas, model, vid, "slides", encode)
         return ResolvedQuery(vector, {"type": "slide", "id": query.slide_id, "modality": "slides", "patient_id": patient}, vid)
     if source == "features":
-        from threads_search.feature_files import inspect_feature_file, read_bag
+        from threads_search.readers.patch_features import inspect_feature_file, read_bag
 
         info = inspect_feature_file(query.features)
         model.get().check_features(info.feature_dim, info.patch_encoder)
@@ -138,7 +138,7 @@ def resolve_query(atlas: Atlas, model: _LazyModel, query: Query) -> ResolvedQuer
         return _resolve_wsi(atlas, model, query)
     if source == "sample_id":
         vid, modality, patient = _item(atlas, query.sample_id, ("expression", "mutations"))
-        from threads_search.ingest_profiles import load_profiles
+        from threads_search.ingest.profiles import load_profiles
 
         def encode():
             (matrix,) = load_profiles(atlas, modality, [query.sample_id])
@@ -153,7 +153,7 @@ def resolve_query(atlas: Atlas, model: _LazyModel, query: Query) -> ResolvedQuer
 
 
 def _resolve_expression_file(model: _LazyModel, query: Query) -> ResolvedQuery:
-    from threads_search.profile_files import read_expression
+    from threads_search.readers.profiles import read_expression
 
     profile = read_expression(query.expression)
     if query.sample is None:
@@ -243,7 +243,7 @@ def _resolve_wsi(atlas: Atlas, model: _LazyModel, query: Query) -> ResolvedQuery
 
 
 def _resolve_prototype(atlas: Atlas, model_id: str, spec: str) -> ResolvedQuery:
-    from threads_search.prototypes import prototype_vector
+    from threads_search.search.prototypes import prototype_vector
 
     name, _, label = spec.partition(":")
     if not label:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from threads_search.atlas import Atlas
+from threads_search.atlas.store import Atlas
 from threads_search.errors import InputError
 
 

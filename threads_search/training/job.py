@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from threads_search.atlas import Atlas
-from threads_search.bags import SlideRecord as AtlasSlide
-from threads_search.bags import load_slide_bag, slide_records
+from threads_search.atlas.store import Atlas
+from threads_search.atlas.slide_bags import SlideRecord as AtlasSlide
+from threads_search.atlas.slide_bags import load_slide_bag, slide_records
 from threads_search.errors import AtlasError, TrainingError
-from threads_search.filters import check_where
-from threads_search.ingest_profiles import load_profiles
-from threads_search.models import store_model
+from threads_search.atlas.where import check_where
+from threads_search.ingest.profiles import load_profiles
+from threads_search.atlas.model_records import store_model
 
 # Bags are held in memory for training when they fit in this many bytes (float32), else read per step.
 IN_MEMORY_BAG_BYTES = 4 << 30
@@ -27,14 +27,14 @@ IN_MEMORY_BAG_BYTES = 4 << 30
 class TrainJobResult:
     model_id: str
     baseline_id: str
-    training: object  # threads_search.training.TrainingResult
+    training: object  # threads_search.training.trainer.TrainingResult
     n_slides: int
     n_patients: int
 
 
 def _profile_table(atlas: Atlas, modality: str, patients: set[str]):
     """One ProfileTable over the genes shared by every ingest batch of the modality, or None."""
-    from threads_search.paired_data import ProfileTable
+    from threads_search.training.paired_data import ProfileTable
 
     matrices = load_profiles(atlas, modality)
     if not matrices:
@@ -62,7 +62,7 @@ def _profile_table(atlas: Atlas, modality: str, patients: set[str]):
 
 
 def _slide_sources(slides: list[AtlasSlide], feature_dim: int):
-    from threads_search.paired_data import SlideRecord
+    from threads_search.training.paired_data import SlideRecord
 
     in_memory = sum(s.n_patches for s in slides) * feature_dim * 4 <= IN_MEMORY_BAG_BYTES
     return [SlideRecord(slide_id=s.slide_id, patient_id=s.patient_id,
@@ -83,7 +83,7 @@ def default_recipe(device: str) -> str:
 
 def paired_dataset(atlas: Atlas, where_sql: str | None = None, label_column: str | None = None):
     """The training selection: slides matching `where`, paired with all profiles of their patients."""
-    from threads_search.paired_data import PairedDataset
+    from threads_search.training.paired_data import PairedDataset
 
     where_sql = check_where(atlas, where_sql)
     slides = slide_records(atlas, where_sql)
@@ -92,7 +92,7 @@ def paired_dataset(atlas: Atlas, where_sql: str | None = None, label_column: str
     patients = {s.patient_id for s in slides}
     labels = None
     if label_column:
-        from threads_search.atlas import quote_identifier
+        from threads_search.atlas.store import quote_identifier
 
         rows = atlas.sql(f"SELECT patient_id, any_value(CAST({quote_identifier(label_column)} AS VARCHAR)) FROM items "
                          f"WHERE modality = 'slides' GROUP BY patient_id").fetchall()
@@ -106,7 +106,7 @@ def paired_dataset(atlas: Atlas, where_sql: str | None = None, label_column: str
 def train_atlas_model(atlas: Atlas, config=None, where_sql: str | None = None, label_column: str | None = None,
                       on_step: Callable | None = None, on_epoch: Callable | None = None) -> TrainJobResult:
     """Train on the selection, store the best model and a fitted mean-pooling baseline in the atlas."""
-    from threads_search.training import TrainingConfig, TrainingDiverged, train_model
+    from threads_search.training.trainer import TrainingConfig, TrainingDiverged, train_model
 
     config = config or TrainingConfig()
     if not atlas.meta("feature_dim"):

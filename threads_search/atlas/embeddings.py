@@ -11,7 +11,7 @@ import uuid
 
 import numpy as np
 
-from threads_search.atlas import Atlas, utc_now
+from threads_search.atlas.store import Atlas, utc_now
 
 
 def write_part(atlas: Atlas, model_id: str, modality: str, vids: np.ndarray, vectors: np.ndarray) -> str:

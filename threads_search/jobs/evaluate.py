@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from threads_search.atlas import MODALITIES, Atlas, quote_identifier
-from threads_search.embedding_store import load_embeddings
+from threads_search.atlas.store import MODALITIES, Atlas, quote_identifier
+from threads_search.atlas.embeddings import load_embeddings
 from threads_search.errors import InputError
-from threads_search.filters import check_where
-from threads_search.models import baseline_model_id, resolve_model_id
+from threads_search.atlas.where import check_where
+from threads_search.atlas.model_records import baseline_model_id, resolve_model_id
 
 # Metadata columns the metrics are also broken down by (per_group in the JSON), when present.
 GROUP_COLUMNS = ("site", "cohort", "center", "centre")
@@ -231,7 +231,7 @@ def _plotted_items(queries: Selection, database: Selection) -> tuple[np.ndarray,
 def write_evaluation(evaluation: AtlasEvaluation, json_path: Path | None, plots_dir: Path | None) -> list[Path]:
     """The JSON report and the PNG plots (per-class mAP@K, precision@K, embedding projection);
     returns the paths written."""
-    from threads_search.atlas import write_json_atomic
+    from threads_search.atlas.store import write_json_atomic
 
     written = []
     if json_path is not None:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from threads_search.errors import InputError
-from threads_search.synthetic_config import CohortConfig
-from threads_search.synthetic_design import (
+from threads_search.synthetic.config import CohortConfig
+from threads_search.synthetic.design import (
     STREAM_EXPRESSION,
     STREAM_MOLECULAR_WORLD,
     STREAM_MUTATIONS,

@@ -27,10 +27,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from threads_search import __version__
-from threads_search.atlas import utc_now, write_json_atomic
-from threads_search.demo_folder import DemoLayout, prepare_folder
-from threads_search.demo_report import evaluation_summary, plot_training_curve
-from threads_search.synthetic import CohortConfig, demo_config, quick_config
+from threads_search.atlas.store import utc_now, write_json_atomic
+from threads_search.demo.folder import DemoLayout, prepare_folder
+from threads_search.demo.report import evaluation_summary, plot_training_curve
+from threads_search.synthetic.cohort import CohortConfig, demo_config, quick_config
 
 LABEL = "subtype"
 TRAIN_SQL = "cohort = 'train'"
@@ -50,7 +50,7 @@ class DemoSettings:
     quick: bool
     seed: int
     cohort: CohortConfig
-    training: object  # threads_search.training.TrainingConfig
+    training: object  # threads_search.training.trainer.TrainingConfig
     n_bootstrap: int
     ks: tuple[int, ...] = (1, 5, 10)
 
@@ -63,7 +63,7 @@ def demo_settings(quick: bool = False, seed: int = 0) -> DemoSettings:
     `quick_config` (60 patients, small bags), for tests. The recipe is `threads-abmil-cpu`
     on every device (a GPU just runs it faster): these hyperparameters were tuned for it.
     """
-    from threads_search.training import TrainingConfig
+    from threads_search.training.trainer import TrainingConfig
 
     common = {"recipe": "threads-abmil-cpu", "seed": seed, "device": "auto", "learning_rate": 2e-3}
     if quick:
@@ -139,7 +139,7 @@ def run_demo(out_dir: str | Path = "threads-search-demo", quick: bool = False, s
         run.echo(f"{layout.root} held an interrupted demo; starting it over")
     started = time.perf_counter()
     files = _generate(run)
-    from threads_search.atlas import init_atlas
+    from threads_search.atlas.store import init_atlas
 
     with _torch_threads(torch_threads), init_atlas(layout.atlas) as atlas:
         _ingest(run, atlas, files)
@@ -155,7 +155,7 @@ def run_demo(out_dir: str | Path = "threads-search-demo", quick: bool = False, s
 
 
 def _generate(run: _Run):
-    from threads_search.synthetic import generate_cohort
+    from threads_search.synthetic.cohort import generate_cohort
 
     config = run.settings.cohort
     with run.stage("generate", 1, f"generating a paired cohort ({config.n_patients} patients, {config.n_sites} sites, "
@@ -170,8 +170,8 @@ def _generate(run: _Run):
 
 
 def _ingest(run: _Run, atlas, files) -> None:
-    from threads_search.ingest_profiles import ingest_expression, ingest_mutations
-    from threads_search.ingest_slides import ingest_slides
+    from threads_search.ingest.profiles import ingest_expression, ingest_mutations
+    from threads_search.ingest.slides import ingest_slides
 
     with run.stage("ingest", 2, f"ingesting into the atlas {run.layout.atlas}"):
         slides = ingest_slides(atlas, [files.features_dir], files.slides_csv,
@@ -186,7 +186,7 @@ def _ingest(run: _Run, atlas, files) -> None:
 
 
 def _train(run: _Run, atlas):
-    from threads_search.train_job import train_atlas_model
+    from threads_search.training.job import train_atlas_model
 
     config = run.settings.training
     text = (f"training {config.recipe} on the training sites ({TRAIN_SQL}): up to {config.epochs} epochs, "
@@ -211,8 +211,8 @@ def _train(run: _Run, atlas):
 
 
 def _embed_and_index(run: _Run, atlas, trained) -> None:
-    from threads_search.embed_job import embed_atlas
-    from threads_search.index_job import build_atlas_indexes
+    from threads_search.jobs.embed import embed_atlas
+    from threads_search.jobs.index import build_atlas_indexes
 
     models = {"trained model": trained.model_id, "mean pooling": trained.baseline_id}
     with run.stage("embed", 4, "embedding every slide and profile with the trained model and with mean pooling"):
@@ -256,7 +256,7 @@ def _index_baseline(run: _Run, atlas, baseline_id: str) -> None:
     """Index mean pooling too, so that `search --model` can compare; the demo's own figures use
     its embeddings, so a refused modality is a note, not a failure."""
     from threads_search.errors import InputError
-    from threads_search.index_job import build_atlas_indexes
+    from threads_search.jobs.index import build_atlas_indexes
 
     try:
         build_atlas_indexes(atlas, baseline_id, seed=run.settings.seed)
@@ -272,7 +272,7 @@ def _rarest_subtype(files) -> str:
 
 
 def _rare_case_search(run: _Run, atlas, files, model_id: str) -> None:
-    from threads_search.query import Query, SearchOptions, search_atlas
+    from threads_search.search.query import Query, SearchOptions, search_atlas
 
     rare = _rarest_subtype(files)
     slide_id = atlas.sql(f"SELECT item_id FROM items WHERE modality = 'slides' AND {HELDOUT_SQL} AND subtype = ? "
@@ -290,7 +290,7 @@ def _rare_case_search(run: _Run, atlas, files, model_id: str) -> None:
 
 
 def _evaluate(run: _Run, atlas, model_id: str) -> None:
-    from threads_search.eval_job import evaluate_atlas, write_evaluation
+    from threads_search.jobs.evaluate import evaluate_atlas, write_evaluation
 
     settings = run.settings
     evaluations = {}
@@ -315,7 +315,7 @@ def _evaluate(run: _Run, atlas, model_id: str) -> None:
 
 
 def _prototypes(run: _Run, atlas, model_id: str) -> None:
-    from threads_search.prototypes import build_prototypes, classify_slides
+    from threads_search.search.prototypes import build_prototypes, classify_slides
 
     with run.stage("prototypes", 8, f"molecular prompting: {LABEL} prototypes from the training sites' expression, "
                                     "zero-shot classification of the held-out slides"):

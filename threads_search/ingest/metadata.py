@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from threads_search.atlas import CORE_ITEM_COLUMNS, Atlas, quote_identifier
+from threads_search.atlas.store import CORE_ITEM_COLUMNS, Atlas, quote_identifier
 from threads_search.errors import InputError
 
 KEY_COLUMNS = ("slide_id", "sample_id", "patient_id")

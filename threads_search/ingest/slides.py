@@ -12,11 +12,11 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from threads_search.atlas import Atlas, safe_file_name, upsert_items, utc_now
+from threads_search.atlas.store import Atlas, safe_file_name, upsert_items, utc_now
 from threads_search.errors import InputError
-from threads_search.feature_files import FeatureFileInfo, expand_feature_paths, inspect_feature_file
-from threads_search.ingest_plan import IngestReport, plan_writes
-from threads_search.metadata import apply_metadata, coverage_warnings, read_metadata_csv
+from threads_search.readers.patch_features import FeatureFileInfo, expand_feature_paths, inspect_feature_file
+from threads_search.ingest.plan import IngestReport, plan_writes
+from threads_search.ingest.metadata import apply_metadata, coverage_warnings, read_metadata_csv
 
 Progress = Callable[[int, int, str], None]
 

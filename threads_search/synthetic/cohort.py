@@ -27,17 +27,17 @@ from pathlib import Path
 import numpy as np
 
 from threads_search.errors import InputError
-from threads_search.synthetic_bags import draw_feature_world, slide_bag
-from threads_search.synthetic_config import CohortConfig, demo_config, quick_config
-from threads_search.synthetic_design import Patients, Slides, draw_patients, draw_slides
-from threads_search.synthetic_io import (
+from threads_search.synthetic.bags import draw_feature_world, slide_bag
+from threads_search.synthetic.config import CohortConfig, demo_config, quick_config
+from threads_search.synthetic.design import Patients, Slides, draw_patients, draw_slides
+from threads_search.synthetic.io import (
     write_csv,
     write_expression_csv,
     write_json,
     write_maf,
     write_trident_h5,
 )
-from threads_search.synthetic_molecular import (
+from threads_search.synthetic.molecular import (
     MAF_COLUMNS,
     draw_molecular_world,
     expression_tpm,
@@ -237,7 +237,7 @@ def generate_cohort(
     write_json(
         manifest_json,
         {
-            "generator": "threads_search.synthetic",
+            "generator": "threads_search.synthetic.cohort",
             "generator_version": GENERATOR_VERSION,
             "config": config.to_dict(),
             "summary": summary.to_dict(),

@@ -18,8 +18,8 @@ from statistics import NormalDist
 
 import numpy as np
 
-from threads_search.synthetic_config import CohortConfig
-from threads_search.synthetic_design import (
+from threads_search.synthetic.config import CohortConfig
+from threads_search.synthetic.design import (
     STREAM_BAGS,
     STREAM_FEATURE_WORLD,
     Patients,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from threads_search.atlas import Atlas
+from threads_search.atlas.store import Atlas
 from threads_search.errors import InputError
-from threads_search.feature_files import fingerprint_file, read_bag
+from threads_search.readers.patch_features import fingerprint_file, read_bag
 
 
 @dataclass(frozen=True)

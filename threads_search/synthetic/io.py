@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from threads_search.synthetic_bags import (
+from threads_search.synthetic.bags import (
     LEVEL0_MAGNIFICATION,
     PATCH_SIZE,
     PATCH_SIZE_LEVEL0,

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from threads_search.atlas import Atlas, PROFILE_MODALITIES
-from threads_search.bags import load_slide_bag, slide_records
-from threads_search.embedding_store import embedded_vids, write_part
-from threads_search.ingest_profiles import load_profiles
-from threads_search.models import load_atlas_model
+from threads_search.atlas.store import Atlas, PROFILE_MODALITIES
+from threads_search.atlas.slide_bags import load_slide_bag, slide_records
+from threads_search.atlas.embeddings import embedded_vids, write_part
+from threads_search.ingest.profiles import load_profiles
+from threads_search.atlas.model_records import load_atlas_model
 
 SLIDES_PER_PART = 64
 Progress = Callable[[int, int, str], None]

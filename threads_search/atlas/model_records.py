@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from threads_search.atlas import Atlas, utc_now
+from threads_search.atlas.store import Atlas, utc_now
 from threads_search.errors import AtlasError
 
 BASELINE_RECIPES = ("meanpool",)

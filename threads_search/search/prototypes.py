@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from threads_search.atlas import Atlas, quote_identifier
-from threads_search.embedding_store import load_embeddings
+from threads_search.atlas.store import Atlas, quote_identifier
+from threads_search.atlas.embeddings import load_embeddings
 from threads_search.errors import InputError
-from threads_search.filters import check_where
+from threads_search.atlas.where import check_where
 
 
 @dataclass

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from threads_search.atlas import MODALITIES, Atlas, utc_now
-from threads_search.embedding_store import load_embeddings
+from threads_search.atlas.store import MODALITIES, Atlas, utc_now
+from threads_search.atlas.embeddings import load_embeddings
 from threads_search.errors import AtlasError, IndexFileError, InputError
 
 

@@ -31,7 +31,7 @@ from torch import nn
 from threads_search.encoders.molecular import ExpressionNormaliser, MutationPanel
 from threads_search.encoders.registry import create_model, get_model_spec
 from threads_search.errors import DeviceError, InputError, TrainingError
-from threads_search.paired_data import PairedDataset, SlideRecord, pack_bags, sample_bag, split_patients
+from threads_search.training.paired_data import PairedDataset, SlideRecord, pack_bags, sample_bag, split_patients
 
 
 @dataclass(frozen=True)

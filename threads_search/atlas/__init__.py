@@ -1,0 +1,1 @@
+"""The atlas store: the one owner of its SQL, schema and on-disk paths."""

@@ -1,0 +1,1 @@
+"""`threads-search demo`: the whole pipeline on a generated cohort."""

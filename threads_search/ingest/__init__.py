@@ -1,0 +1,1 @@
+"""Ingestion: files read by `readers` -> rows and files of the atlas."""

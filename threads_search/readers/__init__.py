@@ -1,0 +1,1 @@
+"""Input formats users already have (patch features, profiles, metadata), read into typed objects."""

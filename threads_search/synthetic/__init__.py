@@ -1,0 +1,1 @@
+"""Seeded semi-synthetic paired cohorts in the public formats of SPEC §3."""

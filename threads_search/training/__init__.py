@@ -1,0 +1,1 @@
+"""The contrastive trainer and the `train` job over the atlas."""
