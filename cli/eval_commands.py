@@ -104,7 +104,8 @@ def fewshot(atlas: Path = typer.Argument(..., help="Atlas folder."),
             json_path: Path = typer.Option(None, "--json", help="Write the curve as JSON."),
             plots: Path = typer.Option(None, "--plots", help="Folder for the PNG curve.")) -> None:
     """Label efficiency: prototype classification vs a linear probe from k items per class."""
-    from threads_search.atlas.store import open_atlas, write_json_atomic
+    from threads_search.atlas.store import open_atlas
+    from threads_search.atomic import write_json_atomic
     from threads_search.jobs.evaluate import fewshot_atlas
 
     shot_counts = parse_ints(shots, "--shots")
@@ -141,13 +142,10 @@ def render_fewshot(summary: dict) -> str:
 
 def _save_fewshot_plot(curve, folder: Path) -> Path:
     """fewshot_curve.png in `folder`, written atomically (temp file + rename)."""
-    import os
-
+    from threads_search.atomic import atomic_path
     from threads_search.evaluation import plot_fewshot_curve
 
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "fewshot_curve.png"
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    plot_fewshot_curve(curve).savefig(temporary, format="png", dpi=150, bbox_inches="tight")
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        plot_fewshot_curve(curve).savefig(temporary, format="png", dpi=150, bbox_inches="tight")
     return path

@@ -41,13 +41,13 @@ def expression(atlas: Path = typer.Argument(..., help="Atlas folder."),
                scale: str = typer.Option("auto", "--scale", help="auto | counts | tpm | log."),
                replace: bool = _REPLACE, strict: bool = _STRICT) -> None:
     """Ingest an expression matrix; its scale is detected (or given) and recorded."""
+    from threads_search.atlas.profiles import expression_scale
     from threads_search.atlas.store import open_atlas
     from threads_search.ingest.profiles import ingest_expression
 
     with open_atlas(atlas) as opened:
         report = ingest_expression(opened, file, metadata, genes_as_rows=genes_as_rows, scale=scale, replace=replace, strict=strict)
-        scale_row = opened.sql("SELECT scale, scale_reason FROM profile_batches WHERE modality = 'expression' "
-                               "ORDER BY ingested_at DESC LIMIT 1").fetchone()
+        scale_row = expression_scale(opened)
     _summarise(report, "expression profiles")
     if scale_row:
         typer.echo(f"scale: {scale_row[0]} ({scale_row[1]})")

@@ -56,7 +56,7 @@ def embed(atlas: Path = typer.Argument(..., help="Atlas folder."),
     """Embed every slide and profile with a model (resumes; skips what is done)."""
     from threads_search.atlas.store import open_atlas
     from threads_search.jobs.embed import embed_atlas
-    from threads_search.atlas.model_records import resolve_model_id
+    from threads_search.atlas.stored_models import resolve_model_id
 
     with open_atlas(atlas) as opened, progress_bar("embedding slides", quiet) as progress:
         report = embed_atlas(opened, resolve_model_id(opened, model), progress)
@@ -75,11 +75,13 @@ def index(atlas: Path = typer.Argument(..., help="Atlas folder."),
     """Build (or extend) one FAISS index per modality; recall@10 is measured and recorded."""
     from threads_search.atlas.store import open_atlas
     from threads_search.jobs.index import build_atlas_indexes
-    from threads_search.atlas.model_records import resolve_model_id
+    from threads_search.atlas.stored_models import resolve_model_id
 
     with open_atlas(atlas) as opened:
         if all_models:
-            model_ids = [r[0] for r in opened.sql("SELECT DISTINCT model_id FROM embeddings ORDER BY 1").fetchall()]
+            from threads_search.atlas.embeddings import embedded_models
+
+            model_ids = embedded_models(opened)
         else:
             model_ids = [resolve_model_id(opened, model)]
         for model_id in model_ids:

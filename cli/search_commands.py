@@ -82,7 +82,7 @@ def prototypes(atlas: Path = typer.Argument(..., help="Atlas folder."),
                model: str = typer.Option(None, "--model", help="Model id or prefix.")) -> None:
     """Class prototypes: the mean normalised embedding of each class (molecular prompting)."""
     from threads_search.atlas.store import open_atlas
-    from threads_search.atlas.model_records import resolve_model_id
+    from threads_search.atlas.stored_models import resolve_model_id
     from threads_search.search.prototypes import build_prototypes
 
     with open_atlas(atlas) as opened:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
+
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +20,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from threads_search.encoders.registry import get_model_spec
+from threads_search.atomic import atomic_directory
 from threads_search.errors import InputError, ModelMismatchError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "threads-search-model/1"
 
-
 def _canonical_json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-
 
 def _content_id(recipe: str, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256(_canonical_json({"recipe": recipe, "config": config}))
@@ -39,12 +38,10 @@ def _content_id(recipe: str, config: dict[str, Any], tensors: dict[str, torch.Te
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
 
-
 def model_id(model: Any) -> str:
     """The content id of a model (as `save_model` would record it), without writing anything."""
     config, tensors = model.export()
     return _content_id(model.recipe, config, tensors)
-
 
 def save_model(model: Any, directory: str | os.PathLike[str]) -> str:
     """Write `model` to `directory` (created; must not hold another model) and return its id.
@@ -64,19 +61,11 @@ def save_model(model: Any, directory: str | os.PathLike[str]) -> str:
 
     document = {"format": FORMAT, "model_id": identifier, "recipe": model.recipe, "config": config,
                 "saved_with": f"threads-search {__version__}, torch {torch.__version__}"}
-    temp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(temp, ignore_errors=True)
-    temp.mkdir(parents=True)
-    try:
+    with atomic_directory(target) as temp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(temp / WEIGHTS_FILE),
                   metadata={"model_id": identifier, "format": FORMAT})
         (temp / CONFIG_FILE).write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
-        os.replace(temp, target)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
     return identifier
-
 
 def _read_config(directory: Path) -> dict[str, Any]:
     path = directory / CONFIG_FILE
@@ -89,7 +78,6 @@ def _read_config(directory: Path) -> dict[str, Any]:
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise InputError(f"{path}: not a threads-search model config (format should be '{FORMAT}')")
     return document
-
 
 def load_model(directory: str | os.PathLike[str], verify: bool = True) -> Any:
     """Rebuild a model saved by `save_model` (safetensors only; nothing is unpickled).
@@ -119,7 +107,6 @@ def load_model(directory: str | os.PathLike[str], verify: bool = True) -> Any:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelMismatchError(f"{target}: tensors do not fit recipe '{recipe}' ({first_line})") from None
     return model
-
 
 def read_model_id(directory: str | os.PathLike[str]) -> str:
     """The id recorded in a checkpoint, without loading its tensors."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import faiss
 
+from threads_search.atomic import atomic_path, write_json_atomic
 from threads_search.errors import IndexFileError, ThreadsSearchError
 from threads_search.indexer.bundle import REBUILD_HINT, SIDECAR_VERSION, IndexBundle, LoadedIndex
 from threads_search.indexer.device import device_for_kind, replicate_to_gpu
@@ -38,16 +39,10 @@ def save_index(built: IndexBundle, path: str | os.PathLike) -> tuple[Path, Path]
     `built.sidecar` is updated with the saved count and the index file's size.
     """
     index_path, sidecar_path = index_paths(path)
-    index_path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = index_path.with_name(f"{index_path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(index_path) as temporary:
         faiss.write_index(built.index, str(temporary))
-        _fsync(temporary)
-        os.replace(temporary, index_path)
-    finally:
-        temporary.unlink(missing_ok=True)
     sidecar = dict(built.sidecar, count=built.count, index_file_bytes=index_path.stat().st_size)
-    _write_json_atomically(sidecar_path, sidecar)
+    write_json_atomic(sidecar_path, sidecar)
     built.sidecar = sidecar
     return index_path, sidecar_path
 
@@ -140,21 +135,3 @@ def _check_agreement(index: faiss.Index, sidecar: dict, index_path: Path) -> Non
                 f"index file {index_path} holds {actual} {what} but its sidecar records "
                 f"{recorded}; {REBUILD_HINT}"
             )
-
-
-def _write_json_atomically(path: Path, payload: dict) -> None:
-    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())

@@ -117,7 +117,7 @@ def ingest_quick_cohort(root: Path, seed: int = 3, slides: list[Path] | None = N
 def store_fitted_baseline(path: Path, where_sql: str | None = None) -> str:
     """Fit the mean-pooling model on the atlas's (selected) pairs and store it; returns its id."""
     from threads_search.atlas.store import open_atlas
-    from threads_search.atlas.model_records import store_model
+    from threads_search.atlas.stored_models import store_model
     from threads_search.training.job import _fitted_baseline, paired_dataset
     from threads_search.training.trainer import TrainingConfig
 

@@ -41,7 +41,7 @@ def built(tmp_path_factory) -> Built:
     from threads_search.jobs.embed import embed_atlas
     from threads_search.encoders.molecular import ExpressionNormaliser
     from threads_search.encoders.registry import create_model
-    from threads_search.atlas.model_records import store_model
+    from threads_search.atlas.stored_models import store_model
     from threads_search.training.job import paired_dataset
 
     path, _ = ingest_quick_cohort(tmp_path_factory.mktemp("eval"))
@@ -214,7 +214,7 @@ def test_a_model_prefix_selects_mean_pooling_which_then_has_only_chance_beside_i
 def test_a_baseline_without_embeddings_becomes_a_note(built, tmp_path):
     from threads_search.atlas.store import open_atlas
     from threads_search.encoders.registry import create_model
-    from threads_search.atlas.model_records import store_model
+    from threads_search.atlas.stored_models import store_model
 
     copy = tmp_path / "atlas"
     shutil.copytree(built.path, copy)
@@ -236,7 +236,7 @@ def test_a_baseline_without_embeddings_becomes_a_note(built, tmp_path):
     ({"--queries": "cohort = 'nowhere'"}, "--queries \"cohort = 'nowhere'\" selects no slides"),
     ({"--database": "site = 'nowhere'"}, "--database \"site = 'nowhere'\" selects no slides"),
     ({"--queries": "cohort = = 'heldout'"}, "--queries \"cohort = = 'heldout'\": Parser Error"),
-    ({"--database": "no_such_column = 1"}, "--database \"no_such_column = 1\": Binder Error"),
+    ({"--database": "no_such_column = 1"}, "--database \"no_such_column = 1\": no column 'no_such_column'"),
     ({"-k": "1,5000"}, "-k 5000: larger than the database"),
     ({"-k": "1,five"}, "-k 1,five: expected comma-separated integers"),
     ({"--query-modality": "images"}, "--query-modality images: expected one of slides, expression, mutations"),

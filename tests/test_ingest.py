@@ -130,7 +130,7 @@ def test_real_gse7390_breast_cancer_expression(atlas, tmp_path):
     summary = info_json(atlas)
     assert summary["items"]["expression"] == 198
     assert summary["profiles"][0]["genes"] == 76
-    from threads_search.ingest.profiles import load_profiles
+    from threads_search.atlas.profiles import load_profiles
 
     with open_atlas(atlas) as opened:
         (stored,) = load_profiles(opened, "expression")
@@ -144,7 +144,7 @@ def test_maf_and_binary_matrix(atlas, tmp_path):
                    "TP53\tS1\tMissense_Mutation\nPIK3CA\tS1\tSilent\nPIK3CA\tS2\tMissense_Mutation\nKRAS\tS3\tNonsense_Mutation\n")
     result = cli("ingest", "mutations", atlas, maf)
     assert result.exit_code == 0, result.output
-    from threads_search.ingest.profiles import load_profiles
+    from threads_search.atlas.profiles import load_profiles
 
     with open_atlas(atlas) as opened:
         (stored,) = load_profiles(opened, "mutations")
@@ -166,7 +166,7 @@ def test_metadata_mismatch_warns_or_refuses_with_strict(atlas, feature_folder, t
 
 
 def test_referenced_file_that_changes_or_vanishes_is_named(atlas, feature_folder, rng):
-    from threads_search.atlas.slide_bags import load_slide_bag, slide_records
+    from threads_search.atlas.slides import load_slide_bag, slide_records
     from threads_search.errors import InputError
 
     assert cli("ingest", "slides", atlas, feature_folder).exit_code == 0

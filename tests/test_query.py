@@ -44,7 +44,7 @@ def slides_table(atlas: Path) -> list[tuple]:
 def brute_force(atlas: Path, query_vid: int, allowed: set[int], k: int) -> list[tuple[int, float]]:
     from threads_search.atlas.store import open_atlas
     from threads_search.atlas.embeddings import load_embeddings
-    from threads_search.atlas.model_records import resolve_model_id
+    from threads_search.atlas.stored_models import resolve_model_id
 
     with open_atlas(atlas, read_only=True) as opened:
         ids, vectors = load_embeddings(opened, resolve_model_id(opened), "slides")
@@ -104,7 +104,7 @@ def test_k_larger_than_candidates_returns_what_exists_and_says_so(atlas):
 
 def test_expression_row_to_slides_and_table_output(atlas, tmp_path):
     from threads_search.atlas.store import open_atlas
-    from threads_search.ingest.profiles import load_profiles
+    from threads_search.atlas.profiles import load_profiles
 
     with open_atlas(atlas, read_only=True) as opened:
         (profiles,) = load_profiles(opened, "expression")
@@ -123,7 +123,7 @@ def test_expression_row_to_slides_and_table_output(atlas, tmp_path):
 def test_prototype_classification_matches_a_hand_computation(atlas):
     from threads_search.atlas.store import open_atlas
     from threads_search.atlas.embeddings import load_embeddings
-    from threads_search.atlas.model_records import resolve_model_id
+    from threads_search.atlas.stored_models import resolve_model_id
     from threads_search.search.prototypes import build_prototypes, classify_slides
 
     with open_atlas(atlas) as opened:
@@ -151,7 +151,7 @@ def test_prototype_classification_matches_a_hand_computation(atlas):
     (["--slide-id", "no-such-slide"], "unknown slide id 'no-such-slide'"),
     (["--sample-id", "no-such-sample"], "unknown sample id 'no-such-sample'"),
     (["--slide-id", "{slide}", "--where", "cohort = "], "--where"),
-    (["--slide-id", "{slide}", "--where", "colour = 'red'"], "columns: vid, modality"),
+    (["--slide-id", "{slide}", "--where", "colour = 'red'"], "columns: modality, item_id"),
     (["--slide-id", "{slide}", "--where", "cohort = 'nowhere'"], "matches no slides"),
     (["--prototype", "missing:x"], "no prototype set 'missing'"),
     (["--slide-id", "{slide}", "--model", "ffff"], "--model ffff"),
@@ -174,7 +174,7 @@ def test_query_file_with_wrong_feature_dimension(atlas, tmp_path):
 
 def test_prototype_class_without_members(atlas):
     from threads_search.atlas.store import open_atlas
-    from threads_search.atlas.model_records import resolve_model_id
+    from threads_search.atlas.stored_models import resolve_model_id
     from threads_search.search.prototypes import build_prototypes
 
     with open_atlas(atlas) as opened:

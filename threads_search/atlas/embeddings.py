@@ -6,12 +6,11 @@ interrupted embed job keeps every finished part and resumes after the last one.
 
 from __future__ import annotations
 
-import os
-import uuid
-
 import numpy as np
 
+from threads_search.atlas import layout
 from threads_search.atlas.store import Atlas, utc_now
+from threads_search.atomic import atomic_path
 
 
 def write_part(atlas: Atlas, model_id: str, modality: str, vids: np.ndarray, vectors: np.ndarray) -> str:
@@ -20,14 +19,12 @@ def write_part(atlas: Atlas, model_id: str, modality: str, vids: np.ndarray, vec
     import pyarrow.parquet as pq
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    relative = f"embeddings/{model_id}/{modality}-{uuid.uuid4().hex[:12]}.parquet"
+    relative = layout.new_embedding_part(model_id, modality)
     destination = atlas.path(relative)
-    destination.parent.mkdir(parents=True, exist_ok=True)
     table = pa.table({"vid": pa.array(np.asarray(vids, dtype=np.int64)),
                       "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])})
-    temporary = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
-    pq.write_table(table, temporary)
-    os.replace(temporary, destination)
+    with atomic_path(destination) as temporary:
+        pq.write_table(table, temporary)
     try:
         with atlas.transaction():
             atlas.sql("INSERT INTO embeddings VALUES (?, ?, ?, ?, ?)", [model_id, modality, relative, len(vids), utc_now()])
@@ -50,8 +47,8 @@ def load_embeddings(atlas: Atlas, model_id: str, modality: str, vids: list[int] 
     """
     import pyarrow.parquet as pq
 
-    current = {r[0] for r in atlas.sql("SELECT vid FROM items WHERE modality = ?", [modality]).fetchall()}
-    wanted = np.fromiter(current if vids is None else current & set(vids), np.int64)
+    current = atlas.modality_vids(modality)
+    wanted = current if vids is None else np.intersect1d(current, np.asarray(vids, np.int64))
     all_ids, all_vectors = [], []
     for part in _parts(atlas, model_id, modality):
         # The id column first: a query for a few items then reads vectors of the parts holding them only.
@@ -72,6 +69,16 @@ def load_embeddings(atlas: Atlas, model_id: str, modality: str, vids: list[int] 
     unique = np.ones(len(ids), bool)
     unique[1:] = ids[1:] != ids[:-1]  # a part re-written after an interruption may repeat ids
     return ids[unique], vectors[unique]
+
+
+def embedded_models(atlas: Atlas) -> list[str]:
+    """Ids of the models that have embedded anything."""
+    return [r[0] for r in atlas.sql("SELECT DISTINCT model_id FROM embeddings ORDER BY 1").fetchall()]
+
+
+def embedding_summaries(atlas: Atlas) -> list[dict]:
+    rows = atlas.sql("SELECT model_id, modality, sum(n_vectors) FROM embeddings GROUP BY ALL ORDER BY ALL").fetchall()
+    return [{"model_id": i, "modality": m, "vectors": int(n)} for i, m, n in rows]
 
 
 def embedded_vids(atlas: Atlas, model_id: str, modality: str) -> set[int]:

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from threads_search.atlas.store import Atlas, quote_identifier
+from threads_search.atlas.embeddings import embedding_summaries
+from threads_search.atlas.indexes import index_summaries
+from threads_search.atlas.items import column_summary
+from threads_search.atlas.profiles import batch_summaries
+from threads_search.atlas.prototype_store import prototype_summaries
+from threads_search.atlas.schema import MODALITIES
+from threads_search.atlas.slides import slide_summary
+from threads_search.atlas.store import Atlas
+from threads_search.atlas.stored_models import model_summaries
 
 MAX_LEVELS_SHOWN = 20
 
@@ -26,50 +34,28 @@ def pairing_counts(atlas: Atlas) -> dict[str, int]:
     return {"slides_with_expression": with_expression, "slides_with_mutations": with_mutations, "slides_with_both": with_both}
 
 
-def _column_summary(atlas: Atlas, column: str) -> dict:
-    name = quote_identifier(column)
-    n_levels = atlas.sql(f"SELECT count(DISTINCT {name}) FROM items").fetchone()[0]
-    if n_levels > MAX_LEVELS_SHOWN:
-        return {"distinct_values": n_levels}
-    rows = atlas.sql(f"SELECT CAST({name} AS VARCHAR), modality, count(*) FROM items GROUP BY ALL ORDER BY 1 NULLS LAST, 2").fetchall()
-    counts: dict[str, dict[str, int]] = {}
-    for value, modality, count in rows:
-        counts.setdefault("(missing)" if value is None else value, {})[modality] = count
-    return {"distinct_values": n_levels, "counts": counts}
-
-
 def atlas_info(atlas: Atlas) -> dict:
     """Counts by modality and metadata column, features, genes, models, embeddings and indexes."""
     by_modality = dict(atlas.sql("SELECT modality, count(*) FROM items GROUP BY modality ORDER BY modality").fetchall())
-    slides = atlas.sql("""SELECT count(*), sum(n_patches), min(n_patches), max(n_patches),
-                                 list(DISTINCT feature_dim), list(DISTINCT patch_encoder) FILTER (WHERE patch_encoder IS NOT NULL),
-                                 list(DISTINCT dtype), count(*) FILTER (WHERE copied)
-                          FROM slides""").fetchone()
-    batches = atlas.sql("""SELECT modality, batch_id, n_samples, len(genes), scale, scale_reason, source
-                           FROM profile_batches ORDER BY modality, ingested_at""").fetchall()
-    models = atlas.sql("SELECT model_id, recipe, created_at FROM models ORDER BY created_at").fetchall()
-    embeddings = atlas.sql("SELECT model_id, modality, sum(n_vectors) FROM embeddings GROUP BY ALL ORDER BY ALL").fetchall()
-    indexes = atlas.sql("SELECT model_id, modality, kind, n_vectors, recall_at_10 FROM indexes ORDER BY ALL").fetchall()
-    prototypes = atlas.sql("SELECT name, model_id, modality, label_column, count(*) FROM prototypes GROUP BY ALL ORDER BY name").fetchall()
+    slides = slide_summary(atlas)
     return {
         "atlas": str(atlas.root),
         "created_at": atlas.meta("created_at"),
-        "items": {m: by_modality.get(m, 0) for m in ("slides", "expression", "mutations")},
+        "items": {m: by_modality.get(m, 0) for m in MODALITIES},
         "patients": atlas.sql("SELECT count(DISTINCT patient_id) FROM items").fetchone()[0],
         "pairing": pairing_counts(atlas),
         "features": {
             "feature_dim": int(atlas.meta("feature_dim")) if atlas.meta("feature_dim") else None,
             "patch_encoder": atlas.meta("patch_encoder"),
-            "dtypes": slides[6] or [],
-            "patches_total": int(slides[1] or 0),
-            "patches_per_slide": [slides[2], slides[3]] if slides[0] else None,
-            "copied_into_atlas": slides[7],
+            "dtypes": slides["dtypes"],
+            "patches_total": slides["patches_total"],
+            "patches_per_slide": slides["patches_per_slide"],
+            "copied_into_atlas": slides["copied_into_atlas"],
         },
-        "profiles": [{"modality": m, "batch": b, "samples": n, "genes": g, "scale": s, "scale_reason": r, "source": src}
-                     for m, b, n, g, s, r, src in batches],
-        "metadata": {column: _column_summary(atlas, column) for column in atlas.metadata_columns()},
-        "models": [{"model_id": i, "recipe": r, "created_at": str(c)} for i, r, c in models],
-        "embeddings": [{"model_id": i, "modality": m, "vectors": int(n)} for i, m, n in embeddings],
-        "indexes": [{"model_id": i, "modality": m, "kind": k, "vectors": n, "recall_at_10": r} for i, m, k, n, r in indexes],
-        "prototypes": [{"name": n, "model_id": i, "modality": m, "label": label, "classes": c} for n, i, m, label, c in prototypes],
+        "profiles": batch_summaries(atlas),
+        "metadata": {column: column_summary(atlas, column, MAX_LEVELS_SHOWN) for column in atlas.metadata_columns()},
+        "models": [{k: v for k, v in m.items() if k != "provenance"} for m in model_summaries(atlas)],
+        "embeddings": embedding_summaries(atlas),
+        "indexes": index_summaries(atlas),
+        "prototypes": prototype_summaries(atlas),
     }

@@ -19,7 +19,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from threads_search.atlas.store import utc_now, write_json_atomic
+from threads_search.atlas.store import utc_now
+from threads_search.atomic import write_json_atomic
 from threads_search.errors import InputError
 
 MARKER_NAME = ".threads-search-demo"

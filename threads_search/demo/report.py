@@ -45,7 +45,7 @@ def plot_training_curve(history: list, path: Path) -> Path:
     """Training loss and validation mAP per epoch (history: training EpochRecords) -> PNG."""
     from matplotlib.figure import Figure
 
-    from threads_search.synthetic.io import atomic_path
+    from threads_search.atomic import atomic_path
 
     epochs = [record.epoch for record in history]
     figure = Figure(figsize=(6.4, 3.6))

@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from threads_search import __version__
-from threads_search.atlas.store import utc_now, write_json_atomic
+from threads_search.atlas.store import utc_now
+from threads_search.atomic import write_json_atomic
 from threads_search.demo.folder import DemoLayout, prepare_folder
 from threads_search.demo.report import evaluation_summary, plot_training_curve
 from threads_search.synthetic.cohort import CohortConfig, demo_config, quick_config
@@ -178,7 +179,9 @@ def _ingest(run: _Run, atlas, files) -> None:
                                progress=lambda done, total, item: run.progress("reading feature files", done, total))
         expression = ingest_expression(atlas, files.expression_csv, files.samples_csv)
         mutations = ingest_mutations(atlas, files.mutations_maf, files.samples_csv)
-    scale = atlas.sql("SELECT scale, scale_reason FROM profile_batches WHERE modality = 'expression'").fetchone()
+    from threads_search.atlas.profiles import expression_scale
+
+    scale = expression_scale(atlas)
     run.echo(f"      {slides.added} slides, {expression.added} expression profiles (scale: {scale[0]}, {scale[1]}), "
              f"{mutations.added} mutation panels")
     for warning in slides.warnings + expression.warnings + mutations.warnings:
@@ -223,9 +226,10 @@ def _embed_and_index(run: _Run, atlas, trained) -> None:
         run.echo("      " + ", ".join(f"{modality}: {s['count']} vectors, {s['kind']} ({s['factory']})"
                                       for modality, s in trained_report.built.items()))
         _index_baseline(run, atlas, trained.baseline_id)
-    recorded = atlas.sql("SELECT model_id, modality, kind, n_vectors, recall_at_10 FROM indexes ORDER BY 1, 2").fetchall()
-    run.payload["indexes"] = [dict(zip(("model_id", "modality", "kind", "n_vectors", "recall_at_10"), row))
-                              for row in recorded]
+    from threads_search.atlas.indexes import index_summaries
+
+    run.payload["indexes"] = [{"model_id": s["model_id"], "modality": s["modality"], "kind": s["kind"],
+                               "n_vectors": s["vectors"], "recall_at_10": s["recall_at_10"]} for s in index_summaries(atlas)]
 
 
 @contextlib.contextmanager
@@ -275,8 +279,11 @@ def _rare_case_search(run: _Run, atlas, files, model_id: str) -> None:
     from threads_search.search.query import Query, SearchOptions, search_atlas
 
     rare = _rarest_subtype(files)
-    slide_id = atlas.sql(f"SELECT item_id FROM items WHERE modality = 'slides' AND {HELDOUT_SQL} AND subtype = ? "
-                         "ORDER BY item_id LIMIT 1", [rare]).fetchone()[0]
+    from threads_search.atlas.items import item_table
+    from threads_search.atlas.where import matching_vids
+
+    heldout = item_table(atlas, "slides", matching_vids(atlas, "slides", HELDOUT_SQL), [LABEL])
+    slide_id = min(item for item, label in zip(heldout.item_ids, heldout.values[LABEL]) if label == rare)
     n_rare, n_all = files.summary.subtype_counts[rare], files.summary.n_patients
     with run.stage("search", 6, f"rare-case search: held-out slide {slide_id} ({LABEL} {rare}, the rarest: "
                                 f"{n_rare} of {n_all} patients) -> top {SEARCH_K} slides of the whole atlas"):

@@ -8,7 +8,6 @@ display or on pyplot's global state.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -229,7 +228,8 @@ def _bar_cutoff(ks: Sequence[int], requested: int | None) -> int:
 
 def _save(figure: Figure, path: Path) -> Path:
     """Write a PNG atomically (temp file + rename) and return its path."""
-    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    figure.savefig(temporary, format="png", dpi=_DPI)
-    os.replace(temporary, path)
+    from threads_search.atomic import atomic_path
+
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=_DPI)
     return path

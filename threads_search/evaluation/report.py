@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,11 +108,9 @@ class RetrievalReport:
 
     def write_json(self, path: str | Path) -> Path:
         """Write `to_json()` to `path` atomically (temp file + rename); returns the path."""
-        target = Path(path)
-        temporary = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-        temporary.write_text(self.to_json() + "\n", encoding="utf-8")
-        os.replace(temporary, target)
-        return target
+        from threads_search.atomic import write_bytes_atomic
+
+        return write_bytes_atomic(path, (self.to_json() + "\n").encode("utf-8"))
 
 
 def _clean(value: Any) -> Any:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
-from threads_search.atlas.store import Atlas, upsert_items, utc_now
+from threads_search.atlas.items import upsert_items
+from threads_search.atlas.metadata import apply_metadata
+from threads_search.atlas.profiles import batch_exists, batch_of_samples, record_batch, record_samples, write_batch_file
+from threads_search.atlas.store import Atlas
+from threads_search.ingest.coverage import coverage_warnings
 from threads_search.ingest.plan import IngestReport, plan_writes
-from threads_search.ingest.metadata import MetadataTable, apply_metadata, coverage_warnings, read_metadata_csv
+from threads_search.readers.metadata_csv import MetadataTable, read_metadata_csv
 from threads_search.readers.profiles import ProfileMatrix, hash_file, read_expression, read_mutations, resolve_scale
 
 
@@ -42,18 +44,6 @@ def _check_metadata_coverage(metadata: MetadataTable, profile: ProfileMatrix, st
     return {k: (str(p) if p is not None else None) for k, p in zip(keys, metadata.column("patient_id"))}
 
 
-def _write_batch_parquet(atlas: Atlas, relative: str, profile: ProfileMatrix) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    values = pa.FixedSizeListArray.from_arrays(pa.array(profile.values.reshape(-1), type=pa.float32()), len(profile.genes))
-    table = pa.table({"sample_id": pa.array(profile.sample_ids, type=pa.string()), "values": values})
-    destination = atlas.path(relative)
-    temporary = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
-    pq.write_table(table, temporary)
-    os.replace(temporary, destination)
-
-
 def _ingest_profile(atlas: Atlas, modality: str, profile: ProfileMatrix, scale: str, reason: str,
                     metadata_csv, replace: bool, strict: bool) -> IngestReport:
     report = IngestReport()
@@ -61,50 +51,30 @@ def _ingest_profile(atlas: Atlas, modality: str, profile: ProfileMatrix, scale: 
     patient_of = _check_metadata_coverage(metadata, profile, strict, report) if metadata else {}
     fingerprint = hash_file(profile.path)
     batch_id = f"{modality}-{fingerprint[:16]}"
-    existing_batch = {row[0]: row[1] for row in atlas.sql(
-        "SELECT sample_id, batch_id FROM profiles WHERE modality = ?", [modality]).fetchall()}
+    existing_batch = batch_of_samples(atlas, modality)
     new_samples = plan_writes(profile.sample_ids, [batch_id] * len(profile.sample_ids), existing_batch, replace, report,
                               lambda k: f"{profile.path}: sample '{profile.sample_ids[k]}' is already in the atlas "
                                         f"({modality}) from another file")
-    relative = f"profiles/{batch_id}.parquet"
-    already_stored = atlas.sql("SELECT count(*) FROM profile_batches WHERE batch_id = ?", [batch_id]).fetchone()[0] > 0
-    wrote_file = False
+    if not new_samples:
+        if metadata is not None:
+            with atlas.transaction():
+                report.metadata_rows_matched = apply_metadata(atlas, metadata, modality)
+        return report
+    already_stored = batch_exists(atlas, batch_id)
+    relative = None
     try:
-        if new_samples and not already_stored:
-            _write_batch_parquet(atlas, relative, profile)
-            wrote_file = True
+        if not already_stored:
+            relative = write_batch_file(atlas, batch_id, profile)
         with atlas.transaction():
-            if new_samples and not already_stored:
-                atlas.sql("INSERT INTO profile_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
-                    batch_id, modality, str(profile.path.resolve()), fingerprint, relative, profile.genes, scale, reason,
-                    len(profile.sample_ids), utc_now()])
+            if not already_stored:
+                record_batch(atlas, batch_id, modality, profile, fingerprint, relative, scale, reason)
             samples = [profile.sample_ids[row] for row in new_samples]
-            atlas.connection.executemany("INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?)",
-                                         [[modality, sample, batch_id, row] for sample, row in zip(samples, new_samples)])
+            record_samples(atlas, modality, batch_id, samples, new_samples)
             upsert_items(atlas, modality, samples, [patient_of.get(sample) for sample in samples])
             if metadata is not None:
                 report.metadata_rows_matched = apply_metadata(atlas, metadata, modality)
     except BaseException:
-        if wrote_file:
+        if relative is not None:
             atlas.path(relative).unlink(missing_ok=True)
         raise
     return report
-
-
-def load_profiles(atlas: Atlas, modality: str, sample_ids: list[str] | None = None) -> list[ProfileMatrix]:
-    """Stored profiles of one modality, one `ProfileMatrix` per ingest batch (each with its own genes)."""
-    import pyarrow.parquet as pq
-
-    batches = atlas.sql("SELECT batch_id, parquet, genes, scale FROM profile_batches WHERE modality = ? ORDER BY batch_id", [modality]).fetchall()
-    wanted = set(sample_ids) if sample_ids is not None else None
-    matrices = []
-    for batch_id, relative, genes, scale in batches:
-        rows = atlas.sql("SELECT sample_id, row_index FROM profiles WHERE batch_id = ? ORDER BY row_index", [batch_id]).fetchall()
-        rows = [(s, r) for s, r in rows if wanted is None or s in wanted]
-        if not rows:
-            continue
-        table = pq.read_table(atlas.path(relative))
-        values = np.asarray(table.column("values").combine_chunks().flatten().to_numpy(), dtype=np.float32).reshape(table.num_rows, len(genes))
-        indices = np.array([r for _, r in rows], dtype=np.int64)
-        matrices.append(ProfileMatrix(path=atlas.path(relative), sample_ids=[s for s, _ in rows], genes=list(genes), values=values[indices], scale=scale))
-    return matrices

@@ -8,15 +8,20 @@ then everything is written in one transaction.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from threads_search.atlas.store import Atlas, safe_file_name, upsert_items, utc_now
+from threads_search.atlas import layout
+from threads_search.atlas.items import upsert_items
+from threads_search.atlas.metadata import apply_metadata
+from threads_search.atlas.slides import slide_fingerprints, write_slides
+from threads_search.atlas.store import Atlas
+from threads_search.atomic import copy_file_atomic
 from threads_search.errors import InputError
-from threads_search.readers.patch_features import FeatureFileInfo, expand_feature_paths, inspect_feature_file
+from threads_search.ingest.coverage import coverage_warnings
 from threads_search.ingest.plan import IngestReport, plan_writes
-from threads_search.ingest.metadata import apply_metadata, coverage_warnings, read_metadata_csv
+from threads_search.readers.metadata_csv import read_metadata_csv
+from threads_search.readers.patch_features import FeatureFileInfo, expand_feature_paths, inspect_feature_file
 
 Progress = Callable[[int, int, str], None]
 
@@ -55,11 +60,8 @@ def _inspect_all(paths: list[Path], progress: Progress | None) -> list[FeatureFi
 
 
 def _copy_into_atlas(atlas: Atlas, info: FeatureFileInfo) -> str:
-    relative = f"features/{safe_file_name(info.slide_id)}{info.path.suffix}"
-    destination = atlas.path(relative)
-    temporary = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
-    shutil.copyfile(info.path, temporary)
-    os.replace(temporary, destination)
+    relative = layout.copied_features(info.slide_id, info.path.suffix)
+    copy_file_atomic(info.path, atlas.path(relative))
     return relative
 
 
@@ -84,7 +86,7 @@ def ingest_slides(atlas: Atlas, feature_paths: list[str | os.PathLike], metadata
             report.warnings += coverage_warnings(metadata, [i.slide_id for i in infos], infos[0].path.parent,
                                                  "feature file", strict, {i.slide_id: i.path for i in infos})
 
-    existing = {row[0]: row[1] for row in atlas.sql("SELECT slide_id, fingerprint FROM slides").fetchall()}
+    existing = slide_fingerprints(atlas)
     chosen = plan_writes([i.slide_id for i in infos], [i.fingerprint for i in infos], existing, replace, report,
                          lambda k: f"{infos[k].path}: slide id '{infos[k].slide_id}' is already in the atlas from a different file")
     to_write = [infos[k] for k in chosen]
@@ -97,7 +99,7 @@ def ingest_slides(atlas: Atlas, feature_paths: list[str | os.PathLike], metadata
                 stored_paths.append(_copy_into_atlas(atlas, info) if copy else str(info.path))
                 if copy:
                     copied.append(atlas.path(stored_paths[-1]))
-            _write_slides(atlas, to_write, stored_paths, copy)
+            write_slides(atlas, to_write, stored_paths, copy)
             upsert_items(atlas, "slides", [i.slide_id for i in to_write], [patient_of.get(i.slide_id) for i in to_write],
                          [sample_of.get(i.slide_id) for i in to_write])
             if infos:
@@ -113,31 +115,3 @@ def ingest_slides(atlas: Atlas, feature_paths: list[str | os.PathLike], metadata
             path.unlink(missing_ok=True)
         raise
     return report
-
-
-def _write_slides(atlas: Atlas, infos: list[FeatureFileInfo], stored_paths: list[str], copied: bool) -> None:
-    import json
-
-    import pyarrow as pa
-
-    if not infos:
-        return
-    now = utc_now()
-    incoming = pa.table({
-        "slide_id": [i.slide_id for i in infos], "path": stored_paths, "copied": [copied] * len(infos),
-        "file_size": pa.array([i.file_size for i in infos], pa.int64()),
-        "file_mtime_ns": pa.array([i.file_mtime_ns for i in infos], pa.int64()),
-        "fingerprint": [i.fingerprint for i in infos], "file_format": [i.file_format for i in infos],
-        "n_patches": pa.array([i.n_patches for i in infos], pa.int32()),
-        "feature_dim": pa.array([i.feature_dim for i in infos], pa.int32()),
-        "dtype": [i.dtype for i in infos], "patch_encoder": pa.array([i.patch_encoder for i in infos], pa.string()),
-        "patch_size_level0": pa.array([i.patch_size_level0 for i in infos], pa.int32()),
-        "magnification": pa.array([i.magnification for i in infos], pa.float64()),
-        "attrs": [json.dumps(i.attrs, sort_keys=True) for i in infos], "ingested_at": [now] * len(infos),
-    })
-    atlas.connection.register("incoming_slides", incoming)
-    try:
-        atlas.sql("DELETE FROM slides WHERE slide_id IN (SELECT slide_id FROM incoming_slides)")
-        atlas.sql("INSERT INTO slides SELECT * FROM incoming_slides")
-    finally:
-        atlas.connection.unregister("incoming_slides")

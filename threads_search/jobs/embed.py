@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from threads_search.atlas.store import Atlas, PROFILE_MODALITIES
-from threads_search.atlas.slide_bags import load_slide_bag, slide_records
 from threads_search.atlas.embeddings import embedded_vids, write_part
-from threads_search.ingest.profiles import load_profiles
-from threads_search.atlas.model_records import load_atlas_model
+from threads_search.atlas.items import count_items, vid_by_item
+from threads_search.atlas.profiles import load_profiles
+from threads_search.atlas.schema import PROFILE_MODALITIES
+from threads_search.atlas.slides import load_slide_bag, slide_records
+from threads_search.atlas.store import Atlas
+from threads_search.atlas.stored_models import load_atlas_model
 
 SLIDES_PER_PART = 64
 Progress = Callable[[int, int, str], None]
@@ -37,7 +39,7 @@ def embed_atlas(atlas: Atlas, model_id: str, progress: Progress | None = None) -
     for modality in PROFILE_MODALITIES:
         if modality in model.modalities:
             _embed_profiles(atlas, model, model_id, modality, report)
-        elif atlas.sql("SELECT count(*) FROM items WHERE modality = ?", [modality]).fetchone()[0]:
+        elif count_items(atlas, modality):
             report.notes.append(f"model {model_id} has no {modality} encoder; {modality} profiles not embedded")
     return report
 
@@ -61,7 +63,7 @@ def _embed_slides(atlas: Atlas, model, model_id: str, report: EmbedReport, progr
 
 
 def _embed_profiles(atlas: Atlas, model, model_id: str, modality: str, report: EmbedReport) -> None:
-    vid_of = dict(atlas.sql("SELECT item_id, vid FROM items WHERE modality = ?", [modality]).fetchall())
+    vid_of = vid_by_item(atlas, modality)
     done = embedded_vids(atlas, model_id, modality)
     todo = [sample for sample, vid in vid_of.items() if vid not in done]
     report.skipped[modality] = len(vid_of) - len(todo)

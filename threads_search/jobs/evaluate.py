@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from threads_search.atlas.store import MODALITIES, Atlas, quote_identifier
 from threads_search.atlas.embeddings import load_embeddings
-from threads_search.errors import InputError
+from threads_search.atlas.items import item_table
+from threads_search.atlas.schema import MODALITIES
+from threads_search.atlas.store import Atlas
+from threads_search.atlas.stored_models import baseline_model_id, model_recipe, resolve_model_id
 from threads_search.atlas.where import check_where
-from threads_search.atlas.model_records import baseline_model_id, resolve_model_id
+from threads_search.errors import InputError
 
 # Metadata columns the metrics are also broken down by (per_group in the JSON), when present.
 GROUP_COLUMNS = ("site", "cohort", "center", "centre")
@@ -113,14 +115,14 @@ def select(atlas: Atlas, model_id: str, modality: str, label: str, sql: str | No
     Items without a label (NULL or blank) or without an embedding are left out with a note;
     an empty result is an InputError naming `option`.
     """
-    condition = f"AND ({check_where(atlas, sql, option)})" if sql and sql.strip() else ""
+    where = check_where(atlas, sql, option)
     columns = set(atlas.metadata_columns())
     group_columns = [c for c in GROUP_COLUMNS if c in columns]
-    casts = "".join(f", CAST({quote_identifier(c)} AS VARCHAR)" for c in group_columns)
-    rows = atlas.sql(f"SELECT vid, item_id, CAST({quote_identifier(label)} AS VARCHAR), patient_id{casts} "
-                     f"FROM items WHERE modality = ? {condition} ORDER BY vid", [modality]).fetchall()
+    table = item_table(atlas, modality, atlas.filter_vids(where, modality), [label, *group_columns])
+    rows = [(int(vid), item, table.values[label][i], patient, *(table.values[c][i] for c in group_columns))
+            for i, (vid, item, patient) in enumerate(zip(table.vids, table.item_ids, table.patient_ids))]
     if not rows:
-        raise InputError(f"{option} \"{sql}\" selects no {modality}" if condition else f"the atlas holds no {modality}")
+        raise InputError(f"{option} \"{sql}\" selects no {modality}" if where else f"the atlas holds no {modality}")
     labelled = [r for r in rows if r[2] is not None and r[2].strip()]
     if not labelled:
         raise InputError(f"--label {label}: empty for every one of the {len(rows)} {modality} item(s) "
@@ -204,7 +206,7 @@ def evaluate_atlas(atlas: Atlas, label: str, queries_sql: str | None, database_s
     if max(cutoffs) > len(database.vids):
         raise InputError(f"-k {max(cutoffs)}: larger than the database ({len(database.vids)} {target} "
                          f"selected by --database)")
-    recipe = atlas.sql("SELECT recipe FROM models WHERE model_id = ?", [model_id]).fetchone()[0]
+    recipe = model_recipe(atlas, model_id)
     report = _evaluate(queries, database, cutoffs, n_bootstrap, seed, f"{recipe} {model_id[:8]}")
     baseline_id, baseline = _baseline_report(atlas, model_id, queries, database, cutoffs, n_bootstrap, seed, notes)
     evaluation = AtlasEvaluation(model_id, report, baseline, queries, database, notes, baseline_id,
@@ -231,7 +233,7 @@ def _plotted_items(queries: Selection, database: Selection) -> tuple[np.ndarray,
 def write_evaluation(evaluation: AtlasEvaluation, json_path: Path | None, plots_dir: Path | None) -> list[Path]:
     """The JSON report and the PNG plots (per-class mAP@K, precision@K, embedding projection);
     returns the paths written."""
-    from threads_search.atlas.store import write_json_atomic
+    from threads_search.atomic import write_json_atomic
 
     written = []
     if json_path is not None:

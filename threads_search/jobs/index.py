@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 
-from threads_search.atlas.store import MODALITIES, Atlas, utc_now
 from threads_search.atlas.embeddings import load_embeddings
+from threads_search.atlas.indexes import index_location, record_index
+from threads_search.atlas.layout import index_stem
+from threads_search.atlas.schema import MODALITIES
+from threads_search.atlas.store import Atlas
 from threads_search.errors import AtlasError, IndexFileError, InputError
 
 
@@ -22,10 +24,6 @@ class IndexReport:
     added: dict[str, int] = field(default_factory=dict)
     unchanged: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-def index_stem(model_id: str, modality: str) -> str:
-    return f"indexes/{model_id}-{modality}"
 
 
 def build_atlas_indexes(atlas: Atlas, model_id: str, kind: str = "auto", device: str = "auto",
@@ -53,7 +51,7 @@ def build_atlas_indexes(atlas: Atlas, model_id: str, kind: str = "auto", device:
             try:
                 add_vectors(existing, vectors[missing], ids[missing])
                 save_index(existing, atlas.path(stem))
-                _record(atlas, model_id, modality, stem, existing.sidecar)
+                record_index(atlas, model_id, modality, stem, existing.sidecar)
                 report.added[modality] = int(missing.sum())
                 continue
             except InputError as refusal:  # kind cannot grow further: rebuild
@@ -65,31 +63,25 @@ def build_atlas_indexes(atlas: Atlas, model_id: str, kind: str = "auto", device:
             report.notes.append(f"{modality}: not indexed ({refusal})")
             continue
         save_index(built, atlas.path(stem))
-        _record(atlas, model_id, modality, stem, built.sidecar)
+        record_index(atlas, model_id, modality, stem, built.sidecar)
         report.built[modality] = built.sidecar
     if not (report.built or report.added or report.unchanged or report.notes):
         raise AtlasError(f"model {model_id} has no embeddings; run `threads-search embed {atlas.root} --model {model_id}` first")
     return report
 
 
-def _record(atlas: Atlas, model_id: str, modality: str, stem: str, sidecar: dict) -> None:
-    with atlas.transaction():
-        atlas.sql("INSERT OR REPLACE INTO indexes VALUES (?, ?, ?, ?, ?, ?, ?)",
-                  [model_id, modality, stem, sidecar["kind"], int(sidecar["count"]), sidecar.get("recall_at_10"), utc_now()])
-
-
 def open_index(atlas: Atlas, model_id: str, modality: str, device: str = "auto"):
     """The index of (model, modality), checked to belong to that model."""
     from threads_search.indexer import load_index
 
-    row = atlas.sql("SELECT path FROM indexes WHERE model_id = ? AND modality = ?", [model_id, modality]).fetchone()
-    if row is None:
+    stem = index_location(atlas, model_id, modality)
+    if stem is None:
         raise AtlasError(f"no {modality} index for model {model_id}; run `threads-search index {atlas.root} --model {model_id}`")
-    loaded = load_index(atlas.path(row[0]), device=device)
+    loaded = load_index(atlas.path(stem), device=device)
     recorded = loaded.sidecar.get("model_id")
     if recorded != model_id:
         from threads_search.errors import ModelMismatchError
 
-        raise ModelMismatchError(f"{atlas.path(row[0])}.faiss was built from model {recorded}, not {model_id}; "
+        raise ModelMismatchError(f"{atlas.path(stem)}.faiss was built from model {recorded}, not {model_id}; "
                                  f"rebuild with `threads-search index {atlas.root} --model {model_id} --rebuild`")
     return loaded

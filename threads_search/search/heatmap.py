@@ -10,7 +10,6 @@ feature file (`thumbnails/<slide_id>.png`), else a blank canvas laid out from th
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,14 +68,15 @@ def has_attention(model) -> bool:
 
 def _attention_model(atlas: Atlas, requested: str | None):
     """(model_id, model) of a model with per-patch attention; refuses baselines, naming one that has it."""
-    from threads_search.atlas.model_records import load_atlas_model, resolve_model_id
+    from threads_search.atlas.stored_models import load_atlas_model, resolve_model_id
 
     model_id = resolve_model_id(atlas, requested)
     model = load_atlas_model(atlas, model_id)
     if has_attention(model):
         return model_id, model
-    others = atlas.sql("SELECT model_id, recipe FROM models WHERE model_id <> ? ORDER BY created_at DESC",
-                       [model_id]).fetchall()
+    from threads_search.atlas.stored_models import list_models
+
+    others = [(m, r) for m, r in list_models(atlas) if m != model_id]
     with_attention = [(m, r) for m, r in others if has_attention(load_atlas_model(atlas, m))]
     hint = (f"use --model {with_attention[0][0]} ({with_attention[0][1]})" if with_attention
             else f"train one with `threads-search train {atlas.root}`")
@@ -105,21 +105,17 @@ def _patch_size_level0(path: Path, recorded: int | None, attrs: dict, coords: np
 
 def _atlas_slide(atlas: Atlas, slide_id: str) -> tuple[_SlidePatches, Path, dict]:
     """An atlas slide's features and coordinates, its feature file and the file's attributes."""
-    from threads_search.atlas.slide_bags import load_slide_bag, slide_records
+    from threads_search.atlas.slides import load_slide_bag, slide_record
     from threads_search.readers.patch_features import read_coords
 
-    record = next((r for r in slide_records(atlas) if r.slide_id == slide_id), None)
-    if record is None:
-        raise InputError(f"unknown slide id '{slide_id}' (not in {atlas.root})")
+    record = slide_record(atlas, slide_id)
     features = load_slide_bag(record)
     coords = read_coords(record.path)
     if coords is None:
         raise InputError(f"{record.path}: no patch coordinates (a .pt tensor); a heatmap needs a TRIDENT or CLAM .h5")
-    recorded, encoder, attrs_json = atlas.sql(
-        "SELECT patch_size_level0, patch_encoder, attrs FROM slides WHERE slide_id = ?", [slide_id]).fetchone()
-    attrs = json.loads(attrs_json or "{}")
-    size = _patch_size_level0(record.path, recorded, attrs, coords)
-    return _SlidePatches(slide_id, features, coords, size, encoder), record.path, attrs
+    attrs = record.attrs
+    size = _patch_size_level0(record.path, record.patch_size_level0, attrs, coords)
+    return _SlidePatches(slide_id, features, coords, size, record.patch_encoder), record.path, attrs
 
 
 def _wsi_background(wsi: Path, mpp: float | None, coords: np.ndarray, patch_size_level0: float) -> _Background:

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from threads_search.atlas.store import Atlas, quote_identifier
 from threads_search.atlas.embeddings import load_embeddings
+from threads_search.atlas.items import item_table, require_metadata_column
+from threads_search.atlas.prototype_store import prototype_rows, prototype_set_names, replace_prototypes
+from threads_search.atlas.store import Atlas
+from threads_search.atlas.where import Where, matching_vids
 from threads_search.errors import InputError
-from threads_search.atlas.where import check_where
 
 
 @dataclass
@@ -24,13 +26,10 @@ class PrototypeSet:
     vectors: np.ndarray  # (n_classes, dim) float32, L2-normalised
 
 
-def _labels_by_vid(atlas: Atlas, modality: str, label_column: str, where_sql: str | None) -> dict[int, str]:
-    if label_column not in atlas.metadata_columns():
-        raise InputError(f"--label {label_column}: no such metadata column (columns: {', '.join(atlas.metadata_columns()) or 'none'})")
-    condition = f"AND ({check_where(atlas, where_sql)})" if where_sql else ""
-    rows = atlas.sql(f"SELECT vid, CAST({quote_identifier(label_column)} AS VARCHAR) FROM items "
-                     f"WHERE modality = ? AND {quote_identifier(label_column)} IS NOT NULL {condition}", [modality]).fetchall()
-    return dict(rows)
+def _labels_by_vid(atlas: Atlas, modality: str, label_column: str, where_sql: str | Where | None) -> dict[int, str]:
+    require_metadata_column(atlas, label_column)
+    selected = item_table(atlas, modality, matching_vids(atlas, modality, where_sql), [label_column])
+    return {int(v): label for v, label in zip(selected.vids, selected.values[label_column]) if label is not None}
 
 
 def _normalise(vectors: np.ndarray) -> np.ndarray:
@@ -51,19 +50,14 @@ def build_prototypes(atlas: Atlas, model_id: str, label_column: str, modality: s
     means = np.stack([vectors[class_of == c].mean(axis=0) for c in classes])
     members = [int((class_of == c).sum()) for c in classes]
     prototype_set = PrototypeSet(name or f"{label_column}-{modality}", model_id, modality, label_column, classes, members, _normalise(means))
-    with atlas.transaction():
-        atlas.sql("DELETE FROM prototypes WHERE name = ?", [prototype_set.name])
-        for label, count, vector in zip(classes, members, prototype_set.vectors):
-            atlas.sql("INSERT INTO prototypes VALUES (?, ?, ?, ?, ?, ?, ?)",
-                      [prototype_set.name, label, model_id, modality, label_column, count, vector.tolist()])
+    replace_prototypes(atlas, prototype_set.name, model_id, modality, label_column, classes, members, prototype_set.vectors)
     return prototype_set
 
 
 def load_prototypes(atlas: Atlas, name: str) -> PrototypeSet:
-    rows = atlas.sql("SELECT class_label, model_id, modality, label_column, n_members, vector FROM prototypes "
-                     "WHERE name = ? ORDER BY class_label", [name]).fetchall()
+    rows = prototype_rows(atlas, name)
     if not rows:
-        known = [r[0] for r in atlas.sql("SELECT DISTINCT name FROM prototypes ORDER BY 1").fetchall()]
+        known = prototype_set_names(atlas)
         raise InputError(f"no prototype set '{name}' (known: {', '.join(known) or 'none; create one with `threads-search prototypes`'})")
     return PrototypeSet(name, rows[0][1], rows[0][2], rows[0][3], [r[0] for r in rows], [r[4] for r in rows],
                         np.array([r[5] for r in rows], np.float32))
@@ -107,18 +101,16 @@ def classify_slides(atlas: Atlas, name: str, where_sql: str | None = None, model
     prototype_set = load_prototypes(atlas, name)
     model_id = model_id or prototype_set.model_id
     _check_model(prototype_set, model_id)
-    condition = f"AND ({check_where(atlas, where_sql)})" if where_sql else ""
-    label = quote_identifier(prototype_set.label_column)
-    rows = atlas.sql(f"SELECT vid, item_id, patient_id, CAST({label} AS VARCHAR) FROM items "
-                     f"WHERE modality = 'slides' {condition} ORDER BY vid").fetchall()
-    if not rows:
+    label = prototype_set.label_column
+    selected = item_table(atlas, "slides", matching_vids(atlas, "slides", where_sql), [label])
+    if not len(selected):
         raise InputError(f"--where \"{where_sql}\" matches no slides" if where_sql else "the atlas holds no slides")
-    ids, vectors = load_embeddings(atlas, model_id, "slides", [r[0] for r in rows])
+    ids, vectors = load_embeddings(atlas, model_id, "slides", selected.vids)
     if ids.size == 0:
         raise InputError(f"none of the selected slides is embedded with model {model_id}; run `threads-search embed`")
-    by_vid = {r[0]: r for r in rows}
+    row_of = {int(v): row for row, v in enumerate(selected.vids)}
     scores = _normalise(vectors) @ prototype_set.vectors.T
-    chosen = [by_vid[int(i)] for i in ids]
-    return Classification(slide_ids=[r[1] for r in chosen], patient_ids=[r[2] for r in chosen],
+    chosen = [row_of[int(i)] for i in ids]
+    return Classification(slide_ids=[selected.item_ids[r] for r in chosen], patient_ids=[selected.patient_ids[r] for r in chosen],
                           predicted=[prototype_set.classes[j] for j in scores.argmax(axis=1)], scores=scores,
-                          classes=prototype_set.classes, truth=[r[3] for r in chosen])
+                          classes=prototype_set.classes, truth=[selected.values[label][r] for r in chosen])

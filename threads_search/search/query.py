@@ -14,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from threads_search.atlas.store import MODALITIES, Atlas, quote_identifier
+from threads_search.atlas.items import find_item, item_metadata, patient_vids
+from threads_search.atlas.schema import MODALITIES
+from threads_search.atlas.store import Atlas
+from threads_search.atlas.stored_models import load_atlas_model, resolve_model_id
+from threads_search.atlas.where import check_where
 from threads_search.errors import InputError
-from threads_search.atlas.where import matching_vids
 from threads_search.jobs.index import open_index
-from threads_search.atlas.model_records import load_atlas_model, resolve_model_id
 
 DEFAULT_LABEL_COLUMNS = ("subtype", "diagnosis", "label", "class", "oncotree_code")
 
@@ -96,9 +98,7 @@ class _LazyModel:
 
 
 def _item(atlas: Atlas, item_id: str, modalities: tuple[str, ...]) -> tuple[int, str, str]:
-    placeholders = ", ".join("?" for _ in modalities)
-    rows = atlas.sql(f"SELECT vid, modality, patient_id FROM items WHERE item_id = ? AND modality IN ({placeholders}) "
-                     f"ORDER BY modality", [item_id, *modalities]).fetchall()
+    rows = find_item(atlas, item_id, modalities)
     if not rows:
         kind = "slide" if modalities == ("slides",) else "sample"
         raise InputError(f"unknown {kind} id '{item_id}' (not in {atlas.root})")
@@ -116,13 +116,12 @@ def resolve_query(atlas: Atlas, model: _LazyModel, query: Query) -> ResolvedQuer
     """The query's vector in the model's space, with what is known about it."""
     source = query.source()
     if source == "slide_id":
-        from threads_search.atlas.slide_bags import load_slide_bag, slide_records
+        from threads_search.atlas.slides import load_slide_bag, slide_record
 
         vid, _, patient = _item(atlas, query.slide_id, ("slides",))
 
         def encode():
-            (record,) = slide_records(atlas, f"vid = {int(vid)}")
-            return model.get().encode_slide(load_slide_bag(record))
+            return model.get().encode_slide(load_slide_bag(slide_record(atlas, query.slide_id)))
 
         vector = _stored_or_encoded(atlas, model, vid, "slides", encode)
         return ResolvedQuery(vector, {"type": "slide", "id": query.slide_id, "modality": "slides", "patient_id": patient}, vid)
@@ -138,7 +137,7 @@ def resolve_query(atlas: Atlas, model: _LazyModel, query: Query) -> ResolvedQuer
         return _resolve_wsi(atlas, model, query)
     if source == "sample_id":
         vid, modality, patient = _item(atlas, query.sample_id, ("expression", "mutations"))
-        from threads_search.ingest.profiles import load_profiles
+        from threads_search.atlas.profiles import load_profiles
 
         def encode():
             (matrix,) = load_profiles(atlas, modality, [query.sample_id])
@@ -179,8 +178,7 @@ def wsi_extract_config(atlas: Atlas, mpp: float | None = None):
     files record (`extract`'s defaults where none do). Returns (config, notes); a note says
     when the atlas mixes settings.
     """
-    import json
-
+    from threads_search.atlas.slides import extraction_settings
     from threads_search.wsi.extract import ExtractConfig
 
     encoder = atlas.meta("patch_encoder")
@@ -188,8 +186,7 @@ def wsi_extract_config(atlas: Atlas, mpp: float | None = None):
         raise InputError(f"{atlas.root}: the atlas records no patch encoder, so a raw slide cannot be encoded like its slides")
     settings: Counter = Counter()
     tissue_fractions: Counter = Counter()
-    for magnification, attrs_json in atlas.sql("SELECT magnification, attrs FROM slides").fetchall():
-        attrs = json.loads(attrs_json or "{}")
+    for magnification, attrs in extraction_settings(atlas):
         if magnification is not None and attrs.get("patch_size") is not None:
             settings[(float(magnification), int(attrs["patch_size"]))] += 1
         if attrs.get("min_tissue_fraction") is not None:
@@ -254,12 +251,7 @@ def _resolve_prototype(atlas: Atlas, model_id: str, spec: str) -> ResolvedQuery:
 
 def hit_rows(atlas: Atlas, vids: list[int]) -> dict[int, dict]:
     """Metadata of items by vid (every column of `items` except vid)."""
-    if not vids:
-        return {}
-    columns = [c for c in atlas.item_columns() if c != "vid"]
-    selected = ", ".join(quote_identifier(c) for c in columns)
-    rows = atlas.sql(f"SELECT vid, {selected} FROM items WHERE vid IN ({', '.join(map(str, vids))})").fetchall()
-    return {row[0]: dict(zip(columns, row[1:])) for row in rows}
+    return item_metadata(atlas, vids)
 
 
 def default_label(atlas: Atlas, requested: str | None) -> str | None:
@@ -285,8 +277,9 @@ def search_atlas(atlas: Atlas, query: Query, options: SearchOptions) -> SearchRe
     resolved = resolve_query(atlas, _LazyModel(atlas, model_id), query)
     notes = list(resolved.notes)
     allowed = None
-    if options.where:
-        allowed = np.array(matching_vids(atlas, options.target, options.where), np.int64)
+    where = check_where(atlas, options.where)
+    if where is not None:
+        allowed = atlas.filter_vids(where, options.target)
         if allowed.size == 0:
             raise InputError(f"--where \"{options.where}\" matches no {options.target}")
     excluded = _excluded_vids(atlas, resolved, options)
@@ -316,8 +309,7 @@ def _excluded_vids(atlas: Atlas, resolved: ResolvedQuery, options: SearchOptions
         excluded.add(resolved.exclude_vid)  # the query itself is never its own hit
     patient = resolved.info.get("patient_id")
     if patient is not None and not options.include_same_patient:
-        excluded.update(r[0] for r in atlas.sql("SELECT vid FROM items WHERE modality = ? AND patient_id = ?",
-                                                [options.target, patient]).fetchall())
+        excluded.update(int(v) for v in patient_vids(atlas, options.target, patient))
     return np.array(sorted(excluded), np.int64)
 
 

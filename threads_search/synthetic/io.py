@@ -1,20 +1,19 @@
 """Writers for the generated cohort, in the public formats of SPEC §3.
 
-Every file is written to `<name>.tmp-<pid>` and renamed into place, so an interrupted run
+Every file is written to a temporary sibling and renamed into place (`threads_search.atomic`), so an interrupted run
 never leaves a half-written file under its final name. Output is byte-deterministic.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
-import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from threads_search.atomic import atomic_path
 from threads_search.synthetic.bags import (
     LEVEL0_MAGNIFICATION,
     PATCH_SIZE,
@@ -24,17 +23,6 @@ from threads_search.synthetic.bags import (
 )
 
 MAF_VERSION_LINE = "#version 2.4"
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds."""
-    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def write_trident_h5(path: Path, slide_id: str, bag: SlideBag, encoder_name: str) -> None:

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from threads_search.atlas.items import patient_by_item, patient_labels
+from threads_search.atlas.profiles import load_profiles
+from threads_search.atlas.slides import AtlasSlide, load_slide_bag, slide_records
 from threads_search.atlas.store import Atlas
-from threads_search.atlas.slide_bags import SlideRecord as AtlasSlide
-from threads_search.atlas.slide_bags import load_slide_bag, slide_records
-from threads_search.errors import AtlasError, TrainingError
+from threads_search.atlas.stored_models import store_model
 from threads_search.atlas.where import check_where
-from threads_search.ingest.profiles import load_profiles
-from threads_search.atlas.model_records import store_model
+from threads_search.errors import AtlasError, TrainingError
 
 # Bags are held in memory for training when they fit in this many bytes (float32), else read per step.
 IN_MEMORY_BAG_BYTES = 4 << 30
@@ -39,7 +39,7 @@ def _profile_table(atlas: Atlas, modality: str, patients: set[str]):
     matrices = load_profiles(atlas, modality)
     if not matrices:
         return None
-    patient_of = dict(atlas.sql("SELECT item_id, patient_id FROM items WHERE modality = ?", [modality]).fetchall())
+    patient_of = patient_by_item(atlas, modality)
     genes = list(matrices[0].genes)
     for matrix in matrices[1:]:
         shared = set(matrix.genes)
@@ -85,18 +85,14 @@ def paired_dataset(atlas: Atlas, where_sql: str | None = None, label_column: str
     """The training selection: slides matching `where`, paired with all profiles of their patients."""
     from threads_search.training.paired_data import PairedDataset
 
-    where_sql = check_where(atlas, where_sql)
-    slides = slide_records(atlas, where_sql)
+    where = check_where(atlas, where_sql)
+    slides = slide_records(atlas, atlas.filter_vids(where, "slides") if where else None)
     if not slides:
-        raise TrainingError(f"no slides match --where {where_sql!r}" if where_sql else "the atlas holds no slides")
+        raise TrainingError(f"no slides match --where {where.text!r}" if where else "the atlas holds no slides")
     patients = {s.patient_id for s in slides}
     labels = None
     if label_column:
-        from threads_search.atlas.store import quote_identifier
-
-        rows = atlas.sql(f"SELECT patient_id, any_value(CAST({quote_identifier(label_column)} AS VARCHAR)) FROM items "
-                         f"WHERE modality = 'slides' GROUP BY patient_id").fetchall()
-        labels = {p: v for p, v in rows if v is not None and p in patients}
+        labels = {p: v for p, v in patient_labels(atlas, "slides", label_column).items() if p in patients}
     feature_dim = int(atlas.meta("feature_dim"))
     return PairedDataset(slides=_slide_sources(slides, feature_dim),
                          expression=_profile_table(atlas, "expression", patients),

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from threads_search.errors import InputError
-from threads_search.wsi.files import atomic_path
+from threads_search.atomic import atomic_path
 
 COORDS_ATTRIBUTES = (
     "patch_size",

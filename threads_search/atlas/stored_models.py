@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+from threads_search.atlas import layout
 from threads_search.atlas.store import Atlas, utc_now
 from threads_search.errors import AtlasError
 
@@ -17,7 +18,7 @@ def store_model(atlas: Atlas, model, provenance: dict | None = None) -> str:
     from threads_search.encoders.checkpoint import save_model
 
     identifier = content_id(model)
-    relative = f"models/{identifier}"
+    relative = layout.model_folder(identifier)
     created_directory = not atlas.path(relative).exists()
     save_model(model, atlas.path(relative))
     try:
@@ -31,9 +32,26 @@ def store_model(atlas: Atlas, model, provenance: dict | None = None) -> str:
     return identifier
 
 
+def list_models(atlas: Atlas) -> list[tuple[str, str]]:
+    """(model_id, recipe) of every stored model, newest first."""
+    return [tuple(r) for r in atlas.sql("SELECT model_id, recipe FROM models ORDER BY created_at DESC, model_id").fetchall()]
+
+
+def model_summaries(atlas: Atlas) -> list[dict]:
+    rows = atlas.sql("SELECT model_id, recipe, created_at, config FROM models ORDER BY created_at").fetchall()
+    return [{"model_id": i, "recipe": r, "created_at": str(c), "provenance": json.loads(p or "{}")} for i, r, c, p in rows]
+
+
+def model_recipe(atlas: Atlas, model_id: str) -> str:
+    row = atlas.sql("SELECT recipe FROM models WHERE model_id = ?", [model_id]).fetchone()
+    if row is None:
+        raise AtlasError(f"model {model_id} is not in {atlas.root}")
+    return row[0]
+
+
 def resolve_model_id(atlas: Atlas, requested: str | None = None, trained_only: bool = False) -> str:
     """A full model id from a prefix, or the newest trained model (newest of any kind if none is trained)."""
-    rows = atlas.sql("SELECT model_id, recipe FROM models ORDER BY created_at DESC").fetchall()
+    rows = list_models(atlas)
     if not rows:
         raise AtlasError(f"{atlas.root}: no model yet; run `threads-search train {atlas.root}` first")
     if requested:

@@ -1,0 +1,57 @@
+"""Where everything lives inside an atlas folder: the one place that names its paths.
+
+    ATLAS/
+      atlas.duckdb            the tables (schema.py)
+      features/               copied patch-feature files (`ingest slides --copy`)
+      profiles/               expression / mutation matrices as Parquet, one file per ingest batch
+      models/<model_id>/      config.json + model.safetensors
+      embeddings/<model_id>/  <modality>-<part>.parquet
+      indexes/                <model_id>-<modality>.faiss + .json sidecar
+
+Paths stored in the tables are relative to the atlas root (except referenced feature files,
+which are absolute). Ids are turned into file names with `safe_file_name`, never used as paths.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+DATABASE_NAME = "atlas.duckdb"
+FOLDERS = ("features", "profiles", "models", "embeddings", "indexes")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_HEX = re.compile(r"^[0-9a-f]{8,64}$")
+
+
+def safe_file_name(name: str) -> str:
+    """A file-system-safe rendering of an id (ids may contain '/', '..' or spaces)."""
+    cleaned = _UNSAFE.sub("_", name).lstrip(".")
+    return cleaned or "_"
+
+
+def _checked_model_id(model_id: str) -> str:
+    if not _HEX.match(model_id):
+        raise ValueError(f"not a model id: {model_id!r}")
+    return model_id
+
+
+def copied_features(slide_id: str, suffix: str) -> str:
+    return f"features/{safe_file_name(slide_id)}{suffix}"
+
+
+def profile_batch(batch_id: str) -> str:
+    return f"profiles/{safe_file_name(batch_id)}.parquet"
+
+
+def model_folder(model_id: str) -> str:
+    return f"models/{_checked_model_id(model_id)}"
+
+
+def new_embedding_part(model_id: str, modality: str) -> str:
+    return f"embeddings/{_checked_model_id(model_id)}/{modality}-{uuid.uuid4().hex[:12]}.parquet"
+
+
+def index_stem(model_id: str, modality: str) -> str:
+    """Index files without extension: `<stem>.faiss` and `<stem>.json`."""
+    return f"indexes/{_checked_model_id(model_id)}-{modality}"

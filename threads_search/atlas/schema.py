@@ -1,0 +1,111 @@
+"""The atlas schema, its version, and the migrations that bring older atlases up to it.
+
+`FORMAT_VERSION` is the layout of the folder and the tables. A writing command opens an older
+atlas and runs the migrations in `MIGRATIONS` in one transaction; a reader refuses a newer one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+FORMAT_VERSION = 1
+MODALITIES = ("slides", "expression", "mutations")
+PROFILE_MODALITIES = ("expression", "mutations")
+# Columns of `items` that belong to the atlas itself; metadata columns are added beside them.
+CORE_ITEM_COLUMNS = ("vid", "modality", "item_id", "patient_id", "sample_id")
+
+SCHEMA = """
+CREATE TABLE atlas_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE SEQUENCE vid_sequence START 1;
+CREATE TABLE items (
+    vid BIGINT PRIMARY KEY,          -- the vector id every FAISS index uses
+    modality VARCHAR NOT NULL,       -- slides | expression | mutations
+    item_id VARCHAR NOT NULL,        -- slide_id or sample_id
+    patient_id VARCHAR NOT NULL,     -- slides and profiles pair through it
+    sample_id VARCHAR,               -- explicit pairing of a slide with a profile sample
+    UNIQUE (modality, item_id)
+);
+CREATE TABLE slides (
+    slide_id VARCHAR PRIMARY KEY,
+    path VARCHAR NOT NULL,           -- absolute, or relative to the atlas when copied
+    copied BOOLEAN NOT NULL,
+    file_size BIGINT NOT NULL,
+    file_mtime_ns BIGINT NOT NULL,
+    fingerprint VARCHAR NOT NULL,
+    file_format VARCHAR NOT NULL,    -- trident | clam | pt
+    n_patches INTEGER NOT NULL,
+    feature_dim INTEGER NOT NULL,
+    dtype VARCHAR NOT NULL,
+    patch_encoder VARCHAR,
+    patch_size_level0 INTEGER,
+    magnification DOUBLE,
+    attrs VARCHAR,                   -- JSON of the file's attributes
+    ingested_at TIMESTAMP NOT NULL
+);
+CREATE TABLE profile_batches (
+    batch_id VARCHAR PRIMARY KEY,
+    modality VARCHAR NOT NULL,
+    source VARCHAR NOT NULL,
+    fingerprint VARCHAR NOT NULL,
+    parquet VARCHAR NOT NULL,        -- relative to the atlas
+    genes VARCHAR[] NOT NULL,
+    scale VARCHAR NOT NULL,          -- counts | tpm | log | binary
+    scale_reason VARCHAR NOT NULL,
+    n_samples INTEGER NOT NULL,
+    ingested_at TIMESTAMP NOT NULL
+);
+CREATE TABLE profiles (
+    modality VARCHAR NOT NULL,
+    sample_id VARCHAR NOT NULL,
+    batch_id VARCHAR NOT NULL,
+    row_index INTEGER NOT NULL,      -- row of the sample in its batch's Parquet file
+    PRIMARY KEY (modality, sample_id)
+);
+CREATE TABLE models (
+    model_id VARCHAR PRIMARY KEY,
+    recipe VARCHAR NOT NULL,
+    path VARCHAR NOT NULL,
+    config VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL
+);
+CREATE TABLE embeddings (
+    model_id VARCHAR NOT NULL,
+    modality VARCHAR NOT NULL,
+    part VARCHAR NOT NULL,           -- Parquet file relative to the atlas
+    n_vectors INTEGER NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (model_id, modality, part)
+);
+CREATE TABLE indexes (
+    model_id VARCHAR NOT NULL,
+    modality VARCHAR NOT NULL,
+    path VARCHAR NOT NULL,           -- relative to the atlas, without extension
+    kind VARCHAR NOT NULL,
+    n_vectors INTEGER NOT NULL,
+    recall_at_10 DOUBLE,
+    built_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (model_id, modality)
+);
+CREATE TABLE prototypes (
+    name VARCHAR NOT NULL,
+    class_label VARCHAR NOT NULL,
+    model_id VARCHAR NOT NULL,
+    modality VARCHAR NOT NULL,
+    label_column VARCHAR NOT NULL,
+    n_members INTEGER NOT NULL,
+    vector FLOAT[] NOT NULL,
+    PRIMARY KEY (name, class_label)
+);
+"""
+
+# version -> the statements that turn an atlas of that version into one of version + 1.
+MIGRATIONS: dict[int, Callable[[object], None]] = {}
+
+
+def migrate(connection, version: int) -> int:
+    """Run the migrations from `version` up to FORMAT_VERSION on `connection` (inside a transaction)."""
+    while version < FORMAT_VERSION:
+        MIGRATIONS[version](connection)
+        version += 1
+        connection.execute("INSERT OR REPLACE INTO atlas_meta VALUES ('format_version', ?)", [str(version)])
+    return version
