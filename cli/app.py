@@ -8,49 +8,89 @@ from __future__ import annotations
 import sys
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
+from threads_search import __version__
 from threads_search.errors import ThreadsSearchError
 
+CONTEXT = {"help_option_names": ["-h", "--help"]}
 
-class _OneLineErrors(TyperGroup):
-    """Turns a ThreadsSearchError anywhere below into one line on stderr and exit code 2."""
+
+class _BareHelpFlag:
+    """Shows -h/--help as the flag it is (no type column) in every command's help."""
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class _Command(_BareHelpFlag, TyperCommand):
+    pass
+
+
+class _Group(_BareHelpFlag, TyperGroup):
+    pass
+
+
+class _OneLineErrors(_Group):
+    """Turns a ThreadsSearchError or a usage error (bad choice, missing option) anywhere below
+    into one line on stderr and exit code 2."""
 
     def invoke(self, ctx):
+        from typer._click.exceptions import NoArgsIsHelpError, UsageError
+
         try:
             return super().invoke(ctx)
         except ThreadsSearchError as error:
             typer.echo(f"error: {error}", err=True)
             sys.exit(2)
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as error:
+            command = error.ctx.command_path if error.ctx is not None else "threads-search"
+            message = " ".join(error.format_message().split())
+            typer.echo(f"error: {command}: {message} (see {command} -h)", err=True)
+            sys.exit(2)
 
 
 app = typer.Typer(cls=_OneLineErrors, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  context_settings=CONTEXT,
                   help="Slide and molecular-profile retrieval after THREADS: ingest, train, embed, index, search, evaluate.")
-ingest_app = typer.Typer(no_args_is_help=True, help="Bring patch features, expression or mutations into an atlas.")
+ingest_app = typer.Typer(cls=_Group, no_args_is_help=True, context_settings=CONTEXT,
+                         help="Bring patch features, expression or mutations into an atlas.")
 app.add_typer(ingest_app, name="ingest")
 
 
+def _show_version(shown: bool) -> None:
+    if shown:
+        typer.echo(f"threads-search {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.", metavar="",
+                                       callback=_show_version, is_eager=True)) -> None:
+    """Slide and molecular-profile retrieval after THREADS: ingest, train, embed, index, search, evaluate."""
+
+
 def _register() -> None:
-    from threads_search.cli import atlas_commands, eval_commands, extract, ingest_commands, model_commands, search_commands
+    from threads_search.cli import (atlas_commands, demo_commands, eval_commands, extract, ingest_commands, model_commands,
+                                    search_commands)
 
-    app.command("init")(atlas_commands.init)
-    app.command("info")(atlas_commands.info)
-    ingest_app.command("slides")(ingest_commands.slides)
-    ingest_app.command("expression")(ingest_commands.expression)
-    ingest_app.command("mutations")(ingest_commands.mutations)
-    app.command("train")(model_commands.train)
-    app.command("embed")(model_commands.embed)
-    app.command("index")(model_commands.index)
-    app.command("search")(search_commands.search)
-    app.command("prototypes")(search_commands.prototypes)
-    app.command("classify")(search_commands.classify)
-    app.command("eval")(eval_commands.evaluate)
-    app.command("fewshot")(eval_commands.fewshot)
-    from threads_search.cli import demo_commands
-
-    app.command("demo")(demo_commands.demo)
-    app.command("extract")(extract.extract)
-    app.command("heatmap")(extract.heatmap)
+    commands = {
+        app: [("demo", demo_commands.demo), ("init", atlas_commands.init), ("info", atlas_commands.info),
+              ("remove", atlas_commands.remove), ("extract", extract.extract), ("train", model_commands.train),
+              ("embed", model_commands.embed), ("index", model_commands.index), ("search", search_commands.search),
+              ("prototypes", search_commands.prototypes), ("classify", search_commands.classify),
+              ("eval", eval_commands.evaluate), ("fewshot", eval_commands.fewshot), ("heatmap", extract.heatmap)],
+        ingest_app: [("slides", ingest_commands.slides), ("expression", ingest_commands.expression),
+                     ("mutations", ingest_commands.mutations)],
+    }
+    for group, entries in commands.items():
+        for name, function in entries:
+            group.command(name, cls=_Command, context_settings=CONTEXT)(function)
 
 
 _register()

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from threads_search.cli.render import table
+from threads_search.cli.options import QUIET, Modality, choice, flag, value
+from threads_search.cli.render import table, warn
 
 
 def init(atlas: Path = typer.Argument(..., help="Folder to create the atlas in.")) -> None:
@@ -19,7 +20,7 @@ def init(atlas: Path = typer.Argument(..., help="Folder to create the atlas in."
 
 
 def info(atlas: Path = typer.Argument(..., help="Atlas folder."),
-         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON.")) -> None:
+         as_json: bool = flag("--json", help="Print the summary as JSON.")) -> None:
     """What an atlas holds: counts by modality and metadata, features, genes, models, indexes."""
     from threads_search.atlas.store import open_atlas
     from threads_search.atlas.info import atlas_info
@@ -68,3 +69,22 @@ def _render_info(summary: dict) -> str:
         lines.append("prototypes:\n" + table([[p["name"], p["label"], p["classes"], p["modality"], p["model_id"]]
                                               for p in summary["prototypes"]], ["name", "label", "classes", "modality", "model"]))
     return "\n".join(lines)
+
+
+def remove(atlas: Path = typer.Argument(..., help="Atlas folder."),
+           where: str = typer.Option(None, "--where", help="Filter selecting the items to remove, e.g. \"site = 'site3'\"."),
+           ids: Path = typer.Option(None, "--ids", help="File of item ids to remove, one per line."),
+           modality: Modality = choice(None, "--modality", help="Only items of this modality (default: every modality)."),
+           quiet: bool = QUIET) -> None:
+    """Remove items with their embeddings and index entries (one transaction; indexes follow)."""
+    from threads_search.atlas.store import open_atlas
+    from threads_search.jobs.remove import read_id_file, remove_items
+
+    id_list = read_id_file(ids) if ids is not None else None
+    with open_atlas(atlas) as opened:
+        report = remove_items(opened, where, id_list, value(modality))
+    warn(report.notes)
+    if report.unknown_ids:
+        warn([f"{len(report.unknown_ids)} id(s) of {ids} are not in the atlas (first: '{report.unknown_ids[0]}')"])
+    removed = ", ".join(f"{n} {m}" for m, n in sorted(report.removed.items())) or "nothing"
+    typer.echo(f"removed {removed}" + (f"; indexes updated for {len(report.reindexed)} model(s)" if report.reindexed else ""))

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from threads_search.cli.options import flag
+
 from threads_search.cli.render import table
 
 ROWS = (("slide_to_slide", "slide -> slide"), ("expression_to_slide", "expression -> slide"))
@@ -90,9 +92,9 @@ def render_summary(payload: dict) -> str:
 
 
 def demo(out: Path = typer.Option(Path("threads-search-demo"), "--out", help="Folder for the cohort, the atlas and the report."),
-         quick: bool = typer.Option(False, "--quick", help="A small cohort (60 patients) for a smoke test: seconds, figures not meaningful."),
+         quick: bool = flag("--quick", help="A small cohort (60 patients) for a smoke test: seconds, figures not meaningful."),
          seed: int = typer.Option(0, "--seed", help="Seed of the cohort, the training and the bootstrap."),
-         quiet: bool = typer.Option(False, "--quiet", help="Only the summary table.")) -> None:
+         quiet: bool = flag("--quiet", "-q", help="Only the summary table.")) -> None:
     """The whole pipeline on a generated cohort: generate, ingest, train, embed, index, search, evaluate.
 
     Re-running on a finished demo folder shows its summary again; an interrupted one is started over.

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from threads_search.cli.options import QUIET, Modality, choice, value
 from threads_search.cli.render import table, warn
 
 
@@ -70,26 +71,28 @@ def evaluate(atlas: Path = typer.Argument(..., help="Atlas folder."),
              label: str = typer.Option(..., "--label", help="Metadata column: same label = relevant."),
              queries: str = typer.Option(..., "--queries", help="SQL selecting the queries, e.g. cohort = 'heldout'."),
              database: str = typer.Option(..., "--database", help="SQL selecting the database items."),
-             query_modality: str = typer.Option("slides", "--query-modality", help="slides | expression | mutations."),
-             target: str = typer.Option("slides", "--target", help="slides | expression | mutations."),
+             query_modality: Modality = choice(Modality.slides, "--query-modality", help="What the queries are."),
+             target: Modality = choice(Modality.slides, "--target", help="What the database is."),
              k: str = typer.Option("1,5,10", "-k", help="Cutoffs, comma-separated."),
              bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap draws of patients for 95% CIs."),
              seed: int = typer.Option(0, "--seed"),
              model: str = typer.Option(None, "--model", help="Model id or prefix (default: the newest trained model)."),
              json_path: Path = typer.Option(None, "--json", help="Write the report as JSON."),
-             plots: Path = typer.Option(None, "--plots", help="Folder for PNG plots.")) -> None:
+             plots: Path = typer.Option(None, "--plots", help="Folder for PNG plots."),
+             quiet: bool = QUIET) -> None:
     """Retrieval mAP@K, Acc@K, MV@K (+ trec mAP) with CIs, per class, beside mean pooling and chance."""
     from threads_search.atlas.store import open_atlas
     from threads_search.jobs.evaluate import evaluate_atlas, write_evaluation
 
     ks = parse_ints(k, "-k")
     with open_atlas(atlas, read_only=True) as opened:
-        evaluation = evaluate_atlas(opened, label, queries, database, query_modality, target, ks, bootstrap, seed,
-                                    model)
+        evaluation = evaluate_atlas(opened, label, queries, database, value(query_modality), value(target), ks, bootstrap,
+                                    seed, model)
     warn(list(evaluation.report.warnings) + evaluation.notes)
     typer.echo(render_evaluation(evaluation))
     for path in write_evaluation(evaluation, json_path, plots):
-        typer.echo(f"wrote {path}")
+        if not quiet:
+            typer.echo(f"wrote {path}")
 
 
 def fewshot(atlas: Path = typer.Argument(..., help="Atlas folder."),
@@ -99,16 +102,18 @@ def fewshot(atlas: Path = typer.Argument(..., help="Atlas folder."),
             shots: str = typer.Option("1,2,4,8,16", "--shots", help="Labelled items per class, comma-separated."),
             repeats: int = typer.Option(10, "--repeats", help="Random draws per shot count."),
             seed: int = typer.Option(0, "--seed"),
-            modality: str = typer.Option("slides", "--modality", help="slides | expression | mutations."),
+            modality: Modality = choice(Modality.slides, "--modality", help="What is classified."),
             model: str = typer.Option(None, "--model", help="Model id or prefix (default: the newest trained model)."),
             json_path: Path = typer.Option(None, "--json", help="Write the curve as JSON."),
-            plots: Path = typer.Option(None, "--plots", help="Folder for the PNG curve.")) -> None:
+            plots: Path = typer.Option(None, "--plots", help="Folder for the PNG curve."),
+            quiet: bool = QUIET) -> None:
     """Label efficiency: prototype classification vs a linear probe from k items per class."""
     from threads_search.atlas.store import open_atlas
     from threads_search.atomic import write_json_atomic
     from threads_search.jobs.evaluate import fewshot_atlas
 
     shot_counts = parse_ints(shots, "--shots")
+    modality = value(modality)
     with open_atlas(atlas, read_only=True) as opened:
         model_id, curve, notes = fewshot_atlas(opened, label, train_sql, test_sql, shot_counts, repeats, seed, model,
                                                modality)

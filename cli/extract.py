@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from threads_search.cli.options import QUIET, flag
 from threads_search.cli.render import table
 
 
@@ -47,8 +48,8 @@ def extract(
     mag: float = typer.Option(20.0, "--mag", help="Target magnification (10 / microns per pixel)."),
     patch_size: int = typer.Option(512, "--patch-size", help="Patch side in pixels at the target magnification."),
     mpp: float | None = typer.Option(None, "--mpp", help="Microns per pixel at level 0, for slides that lack it."),
-    keep_going: bool = typer.Option(False, "--keep-going", help="Record a slide that fails and go on to the next."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    keep_going: bool = flag("--keep-going", help="Record a slide that fails and go on to the next."),
+    quiet: bool = QUIET,
 ) -> None:
     """Tissue-segment, tile and encode slides into TRIDENT-layout patch-feature files (resumable)."""
     from threads_search.wsi.extract import extract_slides

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import typer
 
+from threads_search.cli.options import QUIET, Scale, choice, flag, value
 from threads_search.cli.render import progress_bar, warn
 
 _METADATA = typer.Option(None, "--metadata", help="CSV keyed by slide_id / sample_id / patient_id, any other columns.")
-_REPLACE = typer.Option(False, "--replace", help="Replace items whose id exists from a different file.")
-_STRICT = typer.Option(False, "--strict", help="Refuse (instead of warn) when metadata rows and files do not match.")
+_REPLACE = flag("--replace", help="Replace items whose id exists from a different file.")
+_STRICT = flag("--strict", help="Refuse (instead of warn) when metadata rows and files do not match.")
 
 
 def _summarise(report, what: str) -> None:
@@ -22,9 +23,8 @@ def _summarise(report, what: str) -> None:
 def slides(atlas: Path = typer.Argument(..., help="Atlas folder."),
            features: list[str] = typer.Argument(..., help="TRIDENT/CLAM .h5 or .pt files, folders or globs."),
            metadata: Path = _METADATA,
-           copy: bool = typer.Option(False, "--copy", help="Copy the files into the atlas instead of referencing them."),
-           replace: bool = _REPLACE, strict: bool = _STRICT,
-           quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:
+           copy: bool = flag("--copy", help="Copy the files into the atlas instead of referencing them."),
+           replace: bool = _REPLACE, strict: bool = _STRICT, quiet: bool = QUIET) -> None:
     """Ingest patch-feature files (one per slide; slide id = file stem)."""
     from threads_search.atlas.store import open_atlas
     from threads_search.ingest.slides import ingest_slides
@@ -35,31 +35,32 @@ def slides(atlas: Path = typer.Argument(..., help="Atlas folder."),
 
 
 def expression(atlas: Path = typer.Argument(..., help="Atlas folder."),
-               file: Path = typer.Argument(..., help="CSV / TSV / Parquet / .h5ad expression matrix."),
+               files: list[Path] = typer.Argument(..., help="CSV / TSV / Parquet / .h5ad expression matrices (one batch each)."),
                metadata: Path = _METADATA,
-               genes_as_rows: bool = typer.Option(False, "--genes-as-rows", help="Genes are rows, samples columns (TCGA/Xena)."),
-               scale: str = typer.Option("auto", "--scale", help="auto | counts | tpm | log."),
-               replace: bool = _REPLACE, strict: bool = _STRICT) -> None:
-    """Ingest an expression matrix; its scale is detected (or given) and recorded."""
+               genes_as_rows: bool = flag("--genes-as-rows", help="Genes are rows, samples columns (TCGA/Xena)."),
+               scale: Scale = choice(Scale.auto, "--scale", help="Value scale (auto: detected and stated)."),
+               replace: bool = _REPLACE, strict: bool = _STRICT, quiet: bool = QUIET) -> None:
+    """Ingest expression matrices; their scale is detected (or given) and recorded."""
     from threads_search.atlas.profiles import expression_scale
     from threads_search.atlas.store import open_atlas
     from threads_search.ingest.profiles import ingest_expression
 
     with open_atlas(atlas) as opened:
-        report = ingest_expression(opened, file, metadata, genes_as_rows=genes_as_rows, scale=scale, replace=replace, strict=strict)
+        report = ingest_expression(opened, files, metadata, genes_as_rows=genes_as_rows, scale=value(scale), replace=replace,
+                                   strict=strict)
         scale_row = expression_scale(opened)
     _summarise(report, "expression profiles")
-    if scale_row:
+    if scale_row and not quiet:
         typer.echo(f"scale: {scale_row[0]} ({scale_row[1]})")
 
 
 def mutations(atlas: Path = typer.Argument(..., help="Atlas folder."),
-              file: Path = typer.Argument(..., help="MAF, or a samples x genes 0/1 matrix."),
-              metadata: Path = _METADATA, replace: bool = _REPLACE, strict: bool = _STRICT) -> None:
+              files: list[Path] = typer.Argument(..., help="MAFs, or samples x genes 0/1 matrices (one batch each)."),
+              metadata: Path = _METADATA, replace: bool = _REPLACE, strict: bool = _STRICT, quiet: bool = QUIET) -> None:
     """Ingest mutations as multi-hot profiles over genes."""
     from threads_search.atlas.store import open_atlas
     from threads_search.ingest.profiles import ingest_mutations
 
     with open_atlas(atlas) as opened:
-        report = ingest_mutations(opened, file, metadata, replace=replace, strict=strict)
+        report = ingest_mutations(opened, files, metadata, replace=replace, strict=strict)
     _summarise(report, "mutation profiles")

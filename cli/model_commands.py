@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from threads_search.cli.options import QUIET, Device, IndexKind, choice, device_name, flag, value
 from threads_search.cli.render import progress_bar, table, warn
 
 
@@ -52,7 +53,7 @@ def train(atlas: Path = typer.Argument(..., help="Atlas folder."),
 
 def embed(atlas: Path = typer.Argument(..., help="Atlas folder."),
           model: str = typer.Option(None, "--model", help="Model id or prefix (default: the newest trained model)."),
-          quiet: bool = typer.Option(False, "--quiet")) -> None:
+          quiet: bool = QUIET) -> None:
     """Embed every slide and profile with a model (resumes; skips what is done)."""
     from threads_search.atlas.store import open_atlas
     from threads_search.jobs.embed import embed_atlas
@@ -67,11 +68,12 @@ def embed(atlas: Path = typer.Argument(..., help="Atlas folder."),
 
 def index(atlas: Path = typer.Argument(..., help="Atlas folder."),
           model: str = typer.Option(None, "--model", help="Model id or prefix (default: the newest trained model)."),
-          kind: str = typer.Option("auto", "--kind", help="auto | flat | hnsw | ivf | ivfpq."),
-          device: str = typer.Option("auto", "--device", help="auto | cpu | gpu."),
+          kind: IndexKind = choice(IndexKind.auto, "--kind", help="Index kind (auto: chosen from size and --max-memory)."),
+          device: Device = choice(Device.auto, "--device", help="Where the index is built (cuda = gpu)."),
           max_memory: str = typer.Option(None, "--max-memory", help="Memory budget for an index, e.g. 2GB or 500MB."),
-          rebuild: bool = typer.Option(False, "--rebuild", help="Build anew instead of adding new items."),
-          all_models: bool = typer.Option(False, "--all-models", help="Index every model that has embeddings.")) -> None:
+          rebuild: bool = flag("--rebuild", help="Build anew instead of adding new items."),
+          all_models: bool = flag("--all-models", help="Index every model that has embeddings."),
+          quiet: bool = QUIET) -> None:
     """Build (or extend) one FAISS index per modality; recall@10 is measured and recorded."""
     from threads_search.atlas.store import open_atlas
     from threads_search.jobs.index import build_atlas_indexes
@@ -85,10 +87,11 @@ def index(atlas: Path = typer.Argument(..., help="Atlas folder."),
         else:
             model_ids = [resolve_model_id(opened, model)]
         for model_id in model_ids:
-            report = build_atlas_indexes(opened, model_id, kind, device, parse_bytes(max_memory), rebuild)
+            report = build_atlas_indexes(opened, model_id, value(kind), device_name(device), parse_bytes(max_memory), rebuild)
             warn(report.notes)
             rows = [[m, s["kind"], s["factory"], s["count"], f"{s['recall_at_10']:.3f}", "built"] for m, s in report.built.items()]
-            rows += [[m, "", "", n, "", "added"] for m, n in report.added.items()]
+            rows += [[m, "", "", n, "", "added"] for m, n in report.added.items() if n]
+            rows += [[m, "", "", n, "", "removed"] for m, n in report.removed.items()]
             rows += [[m, "", "", "", "", "unchanged"] for m in report.unchanged]
             typer.echo(f"model {model_id}:\n" + table(rows, ["modality", "kind", "factory", "vectors", "recall@10", "action"]))
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from threads_search.cli.options import Device, Modality, OutputFormat, ProfileModality, choice, device_name, flag, value
 from threads_search.cli.render import table, warn
 
 MAX_TABLE_COLUMNS = 6
@@ -22,26 +23,27 @@ def search(atlas: Path = typer.Argument(..., help="Atlas folder."),
            expression: Path = typer.Option(None, "--expression", help="An expression file (aligned by gene name)."),
            sample: str = typer.Option(None, "--sample", help="Row of --expression to use."),
            prototype: str = typer.Option(None, "--prototype", help="NAME:CLASS of a stored prototype set."),
-           target: str = typer.Option("slides", "--target", help="slides | expression | mutations."),
+           modality: ProfileModality = choice(None, "--modality", help="Which profile --sample-id names, when it is both."),
+           target: Modality = choice(Modality.slides, "--target", help="Index to search."),
            k: int = typer.Option(10, "-k", help="Number of hits."),
            where: str = typer.Option(None, "--where", help="SQL filter over metadata, applied inside the search."),
-           include_same_patient: bool = typer.Option(False, "--include-same-patient", help="Keep hits of the query's own patient."),
+           include_same_patient: bool = flag("--include-same-patient", help="Keep hits of the query's own patient."),
            model: str = typer.Option(None, "--model", help="Model id or prefix (default: the newest trained model)."),
            label: str = typer.Option(None, "--label", help="Column for the majority-vote line (default: subtype/diagnosis if present)."),
            mpp: float = typer.Option(None, "--mpp", help="Microns per pixel for --wsi files that lack it."),
-           device: str = typer.Option("auto", "--device", help="auto | cpu | gpu for the index."),
-           output: str = typer.Option("table", "--format", help="table | json | csv.")) -> None:
+           device: Device = choice(Device.auto, "--device", help="Where the index runs (cuda = gpu)."),
+           output: OutputFormat = choice(OutputFormat.table, "--format", help="Output format.")) -> None:
     """Nearest neighbours of a slide, feature file, raw slide, profile or prototype."""
     from threads_search.atlas.store import open_atlas
     from threads_search.search.query import SearchOptions, query_from_arguments, search_atlas
 
-    query = query_from_arguments(slide_id, features, wsi, sample_id, expression, sample, prototype, mpp)
-    options = SearchOptions(target=target, k=k, where=where, include_same_patient=include_same_patient,
-                            model_id=model, label=label, device=device)
+    query = query_from_arguments(slide_id, features, wsi, sample_id, expression, sample, prototype, mpp, value(modality))
+    options = SearchOptions(target=value(target), k=k, where=where, include_same_patient=include_same_patient,
+                            model_id=model, label=label, device=device_name(device))
     with open_atlas(atlas, read_only=True) as opened:
         result = search_atlas(opened, query, options)
     warn(result.notes)
-    typer.echo(render_hits(result, output))
+    typer.echo(render_hits(result, value(output)))
 
 
 def render_hits(result, output: str) -> str:
@@ -76,7 +78,7 @@ def render_hits(result, output: str) -> str:
 
 def prototypes(atlas: Path = typer.Argument(..., help="Atlas folder."),
                label: str = typer.Option(..., "--label", help="Metadata column whose classes become prototypes."),
-               modality: str = typer.Option("expression", "--modality", help="expression | mutations | slides."),
+               modality: Modality = choice(Modality.expression, "--modality", help="Whose embeddings are averaged."),
                where: str = typer.Option(None, "--where", help="SQL selecting the members."),
                name: str = typer.Option(None, "--name", help="Name of the set (default LABEL-MODALITY)."),
                model: str = typer.Option(None, "--model", help="Model id or prefix.")) -> None:
@@ -86,7 +88,7 @@ def prototypes(atlas: Path = typer.Argument(..., help="Atlas folder."),
     from threads_search.search.prototypes import build_prototypes
 
     with open_atlas(atlas) as opened:
-        built = build_prototypes(opened, resolve_model_id(opened, model), label, modality, where, name)
+        built = build_prototypes(opened, resolve_model_id(opened, model), label, value(modality), where, name)
     typer.echo(f"prototype set '{built.name}' ({built.modality}, model {built.model_id}):\n"
                + table([[c, n] for c, n in zip(built.classes, built.members)], [label, "members"]))
 
@@ -94,8 +96,9 @@ def prototypes(atlas: Path = typer.Argument(..., help="Atlas folder."),
 def classify(atlas: Path = typer.Argument(..., help="Atlas folder."),
              prototypes_name: str = typer.Option(..., "--prototypes", help="Name of a stored prototype set."),
              where: str = typer.Option(None, "--where", help="SQL selecting the slides."),
-             output: str = typer.Option("table", "--format", help="table | json | csv.")) -> None:
+             output: OutputFormat = choice(OutputFormat.table, "--format", help="Output format.")) -> None:
     """Zero-shot classification of slides by their nearest prototype."""
+    output = value(output)
     from threads_search.atlas.store import open_atlas
     from threads_search.search.prototypes import classify_slides
 

@@ -1,29 +1,24 @@
 """FAISS index kinds, automatic choice, build with measured recall, persistence with a JSON
-sidecar, filtered search and GPU placement. Imports numpy and faiss, never torch."""
+sidecar, filtered search and GPU placement. Imports numpy and faiss, never torch.
 
-from threads_search.indexer.add import add_vectors
-from threads_search.indexer.build import build_index
-from threads_search.indexer.bundle import BuiltIndex, IndexBundle, LoadedIndex
-from threads_search.indexer.choose import choose_kind
-from threads_search.indexer.device import gpu_available, resolve_device
-from threads_search.indexer.kinds import KINDS, IndexKindSpec, get_kind, list_kinds
-from threads_search.indexer.persist import load_index, save_index
-from threads_search.indexer.knn import search
+The names below load their module (and faiss) on first use, so importing a faiss-free
+submodule such as `kind_names` stays cheap.
+"""
 
-__all__ = [
-    "KINDS",
-    "BuiltIndex",
-    "IndexBundle",
-    "IndexKindSpec",
-    "LoadedIndex",
-    "add_vectors",
-    "build_index",
-    "choose_kind",
-    "get_kind",
-    "gpu_available",
-    "list_kinds",
-    "load_index",
-    "resolve_device",
-    "save_index",
-    "search",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "add_vectors": "add", "remove_vectors": "add", "build_index": "build", "BuiltIndex": "bundle", "IndexBundle": "bundle",
+    "LoadedIndex": "bundle", "choose_kind": "choose", "gpu_available": "device", "resolve_device": "device",
+    "KINDS": "kinds", "IndexKindSpec": "kinds", "get_kind": "kinds", "list_kinds": "kinds",
+    "load_index": "persist", "save_index": "persist", "search": "knn",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value

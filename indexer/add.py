@@ -42,3 +42,25 @@ def add_vectors(loaded: IndexBundle, vectors: np.ndarray, ids: np.ndarray) -> In
     loaded.sidecar["count"] = loaded.count
     loaded.sidecar["added_since_build"] = loaded.count - count_at_build
     return loaded
+
+
+def remove_vectors(loaded: IndexBundle, ids: np.ndarray) -> IndexBundle:
+    """Remove `ids` (int64) from `loaded` in place (ids it does not hold are ignored); returns it.
+
+    Raises InputError for kinds whose faiss index cannot remove (HNSW graphs): rebuild those.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    ids = ids[loaded.holds(ids)]
+    if ids.size == 0:
+        return loaded
+    import faiss
+
+    try:
+        loaded.index.remove_ids(faiss.IDSelectorBatch(ids))
+    except RuntimeError:
+        raise InputError(f"a {loaded.spec.name} index cannot remove vectors; {REBUILD_HINT}") from None
+    if loaded.gpu_index is not None:
+        loaded.gpu_index.remove_ids(faiss.IDSelectorBatch(ids))
+    loaded.sidecar["count"] = loaded.count
+    loaded.sidecar["removed_since_build"] = int(loaded.sidecar.get("removed_since_build", 0)) + int(ids.size)
+    return loaded

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import faiss
 
 from threads_search.errors import InputError
+from threads_search.indexer.kind_names import KIND_NAMES
 
 # Bookkeeping bytes per vector of the IDMap2 wrapper: the id array (8) plus its reverse hash map
 # (~48 for a std::unordered_map node and bucket). Used only for memory estimates.
@@ -93,6 +94,8 @@ def register_kind(spec: IndexKindSpec) -> IndexKindSpec:
     """Add `spec` to the registry under its name (each name once)."""
     if spec.name in KINDS:
         raise ValueError(f"index kind {spec.name!r} registered twice")
+    if spec.name not in KIND_NAMES:
+        raise ValueError(f"index kind {spec.name!r} is not listed in indexer/kind_names.py")
     KINDS[spec.name] = spec
     return spec
 

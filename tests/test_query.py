@@ -189,7 +189,7 @@ def test_corrupt_or_missing_index_says_rebuild(atlas, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(atlas, copy)
     slide = slides_table(copy)[0][0]
-    index_file = next((copy / "indexes").glob("*-slides.faiss"))
+    index_file = next((copy / "indexes").glob("*-slides-*.faiss"))
     index_file.write_bytes(index_file.read_bytes()[:100])
     result = cli("search", copy, "--slide-id", slide)
     assert result.exit_code == 2 and "rebuild" in result.output

@@ -16,6 +16,11 @@ def record_index(atlas: Atlas, model_id: str, modality: str, stem: str, sidecar:
                   [model_id, modality, stem, sidecar["kind"], int(sidecar["count"]), sidecar.get("recall_at_10"), utc_now()])
 
 
+def forget_index(atlas: Atlas, model_id: str, modality: str) -> None:
+    with atlas.transaction():
+        atlas.sql("DELETE FROM indexes WHERE model_id = ? AND modality = ?", [model_id, modality])
+
+
 def index_location(atlas: Atlas, model_id: str, modality: str) -> str | None:
     """The recorded stem (relative path without extension) of the index, or None."""
     row = atlas.sql("SELECT path FROM indexes WHERE model_id = ? AND modality = ?", [model_id, modality]).fetchone()
@@ -25,3 +30,8 @@ def index_location(atlas: Atlas, model_id: str, modality: str) -> str | None:
 def index_summaries(atlas: Atlas) -> list[dict]:
     rows = atlas.sql("SELECT model_id, modality, kind, n_vectors, recall_at_10 FROM indexes ORDER BY ALL").fetchall()
     return [{"model_id": i, "modality": m, "kind": k, "vectors": n, "recall_at_10": r} for i, m, k, n, r in rows]
+
+
+def indexed_models(atlas: Atlas) -> list[str]:
+    """Ids of the models that have at least one index."""
+    return [r[0] for r in atlas.sql("SELECT DISTINCT model_id FROM indexes ORDER BY 1").fetchall()]

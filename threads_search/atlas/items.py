@@ -61,6 +61,16 @@ def find_item(atlas: Atlas, item_id: str, modalities: Sequence[str]) -> list[tup
     return [(int(v), m, p) for v, m, p in rows]
 
 
+def find_items(atlas: Atlas, item_ids: Sequence[str], modalities: Sequence[str]) -> list[tuple[str, int]]:
+    """(item_id, vid) of every item with one of these ids among `modalities`."""
+    import pyarrow as pa
+
+    with atlas.registered("wanted_ids", pa.table({"item_id": pa.array(list(item_ids), pa.string())})):
+        rows = atlas.sql("SELECT item_id, vid FROM items WHERE item_id IN (SELECT item_id FROM wanted_ids) "
+                         "AND list_contains(?, modality)", [list(modalities)]).fetchall()
+    return [(item, int(vid)) for item, vid in rows]
+
+
 def vid_by_item(atlas: Atlas, modality: str) -> dict[str, int]:
     """item_id -> vid for one modality."""
     return {item: int(vid) for item, vid in atlas.sql("SELECT item_id, vid FROM items WHERE modality = ?", [modality]).fetchall()}
@@ -157,3 +167,24 @@ def column_summary(atlas: Atlas, column: str, max_levels: int) -> dict:
     for value, modality, count in rows:
         counts.setdefault("(missing)" if value is None else value, {})[modality] = count
     return {"distinct_values": n_levels, "counts": counts}
+
+
+def delete_items(atlas: Atlas, vids: np.ndarray) -> dict[str, int]:
+    """Delete items (and their slide / profile rows) by vid, inside the caller's transaction.
+
+    Returns the number deleted per modality. Their embeddings and index entries become
+    unreachable at once (readers keep only vids that exist) and are compacted away by `index`.
+    """
+    import pyarrow as pa
+
+    selected = pa.table({"vid": pa.array(np.asarray(vids, np.int64))})
+    with atlas.registered("removed_vids", selected):
+        counts = dict(atlas.sql("SELECT modality, count(*) FROM items WHERE vid IN (SELECT vid FROM removed_vids) "
+                                "GROUP BY modality").fetchall())
+        atlas.sql("""DELETE FROM slides WHERE slide_id IN (SELECT item_id FROM items WHERE modality = 'slides'
+                     AND vid IN (SELECT vid FROM removed_vids))""")
+        atlas.sql("""DELETE FROM profiles WHERE (modality, sample_id) IN (SELECT (modality, item_id) FROM items
+                     WHERE modality <> 'slides' AND vid IN (SELECT vid FROM removed_vids))""")
+        atlas.sql("DELETE FROM items WHERE vid IN (SELECT vid FROM removed_vids)")
+    atlas.invalidate()
+    return {m: int(n) for m, n in counts.items()}

@@ -6,7 +6,7 @@
       profiles/               expression / mutation matrices as Parquet, one file per ingest batch
       models/<model_id>/      config.json + model.safetensors
       embeddings/<model_id>/  <modality>-<part>.parquet
-      indexes/                <model_id>-<modality>.faiss + .json sidecar
+      indexes/                <model_id>-<modality>-<build>.faiss + .json sidecar
 
 Paths stored in the tables are relative to the atlas root (except referenced feature files,
 which are absolute). Ids are turned into file names with `safe_file_name`, never used as paths.
@@ -52,6 +52,9 @@ def new_embedding_part(model_id: str, modality: str) -> str:
     return f"embeddings/{_checked_model_id(model_id)}/{modality}-{uuid.uuid4().hex[:12]}.parquet"
 
 
-def index_stem(model_id: str, modality: str) -> str:
-    """Index files without extension: `<stem>.faiss` and `<stem>.json`."""
-    return f"indexes/{_checked_model_id(model_id)}-{modality}"
+def new_index_stem(model_id: str, modality: str) -> str:
+    """A fresh name for index files, without extension (`<stem>.faiss`, `<stem>.json`).
+
+    Each build or change gets new files, so the recorded index is never overwritten in place.
+    """
+    return f"indexes/{_checked_model_id(model_id)}-{modality}-{uuid.uuid4().hex[:8]}"

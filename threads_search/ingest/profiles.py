@@ -1,4 +1,4 @@
-"""`ingest expression` / `ingest mutations`: a profile file -> one Parquet batch + atlas rows.
+"""`ingest expression` / `ingest mutations`: profile files -> one Parquet batch each + atlas rows.
 
 The raw values are stored as read; the scale (counts, TPM-like, log, binary) is recorded and
 the encoders normalise from it (log1p and per-gene standardisation for expression).
@@ -7,74 +7,107 @@ the encoders normalise from it (log1p and per-gene standardisation for expressio
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
+from threads_search.atlas import layout
 from threads_search.atlas.items import upsert_items
 from threads_search.atlas.metadata import apply_metadata
 from threads_search.atlas.profiles import batch_exists, batch_of_samples, record_batch, record_samples, write_batch_file
 from threads_search.atlas.store import Atlas
+from threads_search.errors import InputError
 from threads_search.ingest.coverage import coverage_warnings
 from threads_search.ingest.plan import IngestReport, plan_writes
 from threads_search.readers.metadata_csv import MetadataTable, read_metadata_csv
-from threads_search.readers.profiles import ProfileMatrix, hash_file, read_expression, read_mutations, resolve_scale
+from threads_search.readers.profiles import hash_file, read_expression, read_mutations, resolve_scale
 
 
-def ingest_expression(atlas: Atlas, path: str | os.PathLike, metadata_csv: str | os.PathLike | None = None,
+Paths = str | os.PathLike | Sequence[str | os.PathLike]
+
+
+def _paths(paths) -> list[Path]:
+    return [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
+
+
+def ingest_expression(atlas: Atlas, paths: Paths, metadata_csv: str | os.PathLike | None = None,
                       genes_as_rows: bool = False, scale: str = "auto", replace: bool = False,
                       strict: bool = False) -> IngestReport:
-    """Record an expression matrix (any layout of SPEC §3) in the atlas."""
-    profile = read_expression(path, genes_as_rows=genes_as_rows)
-    resolved, reason = resolve_scale(profile, scale)
-    return _ingest_profile(atlas, "expression", profile, resolved, reason, metadata_csv, replace, strict)
+    """Record expression matrices (any layout of SPEC §3) in the atlas, one batch per file.
+
+    Every file is read and checked before anything is written; then all are written in one transaction.
+    """
+    batches = []
+    for path in _paths(paths):
+        profile = read_expression(path, genes_as_rows=genes_as_rows)
+        batches.append((profile, *resolve_scale(profile, scale)))
+    return _ingest_profiles(atlas, "expression", batches, metadata_csv, replace, strict)
 
 
-def ingest_mutations(atlas: Atlas, path: str | os.PathLike, metadata_csv: str | os.PathLike | None = None,
+def ingest_mutations(atlas: Atlas, paths: Paths, metadata_csv: str | os.PathLike | None = None,
                      replace: bool = False, strict: bool = False) -> IngestReport:
-    """Record mutations (MAF or 0/1 matrix) as a samples x genes multi-hot batch."""
-    profile = read_mutations(path)
-    reason = "MAF: non-silent variants per sample and gene" if Path(path).suffix == ".maf" or profile.path.suffix == ".maf" else "0/1 matrix"
-    return _ingest_profile(atlas, "mutations", profile, "binary", reason, metadata_csv, replace, strict)
+    """Record mutations (MAF or 0/1 matrix) as samples x genes multi-hot batches, one per file."""
+    batches = []
+    for path in _paths(paths):
+        profile = read_mutations(path)
+        reason = "MAF: non-silent variants per sample and gene" if profile.path.suffix == ".maf" else "0/1 matrix"
+        batches.append((profile, "binary", reason))
+    return _ingest_profiles(atlas, "mutations", batches, metadata_csv, replace, strict)
 
 
-def _check_metadata_coverage(metadata: MetadataTable, profile: ProfileMatrix, strict: bool, report: IngestReport) -> dict:
+def _check_metadata_coverage(metadata: MetadataTable, sample_ids: list[str], source: Path, strict: bool,
+                             report: IngestReport) -> dict:
     if metadata.key_column != "sample_id":
         return {}
-    keys = metadata.keys
-    report.warnings += coverage_warnings(metadata, profile.sample_ids, profile.path, "sample", strict)
-    return {k: (str(p) if p is not None else None) for k, p in zip(keys, metadata.column("patient_id"))}
+    report.warnings += coverage_warnings(metadata, sample_ids, source, "sample", strict)
+    return {k: (str(p) if p is not None else None) for k, p in zip(metadata.keys, metadata.column("patient_id"))}
 
 
-def _ingest_profile(atlas: Atlas, modality: str, profile: ProfileMatrix, scale: str, reason: str,
-                    metadata_csv, replace: bool, strict: bool) -> IngestReport:
+def _refuse_duplicates_across(batches) -> None:
+    first_file: dict[str, Path] = {}
+    for profile, _, _ in batches:
+        for sample in profile.sample_ids:
+            if sample in first_file:
+                raise InputError(f"{profile.path}: sample '{sample}' is also in {first_file[sample]}; one file per sample")
+            first_file[sample] = profile.path
+
+
+def _ingest_profiles(atlas: Atlas, modality: str, batches, metadata_csv, replace: bool, strict: bool) -> IngestReport:
     report = IngestReport()
+    _refuse_duplicates_across(batches)
     metadata = read_metadata_csv(metadata_csv, "sample_id") if metadata_csv else None
-    patient_of = _check_metadata_coverage(metadata, profile, strict, report) if metadata else {}
-    fingerprint = hash_file(profile.path)
-    batch_id = f"{modality}-{fingerprint[:16]}"
+    all_samples = [s for profile, _, _ in batches for s in profile.sample_ids]
+    source = batches[0][0].path if len(batches) == 1 else batches[0][0].path.parent
+    patient_of = _check_metadata_coverage(metadata, all_samples, source, strict, report) if metadata else {}
     existing_batch = batch_of_samples(atlas, modality)
-    new_samples = plan_writes(profile.sample_ids, [batch_id] * len(profile.sample_ids), existing_batch, replace, report,
-                              lambda k: f"{profile.path}: sample '{profile.sample_ids[k]}' is already in the atlas "
-                                        f"({modality}) from another file")
-    if not new_samples:
-        if metadata is not None:
-            with atlas.transaction():
-                report.metadata_rows_matched = apply_metadata(atlas, metadata, modality)
+    plans = []
+    for profile, scale, reason in batches:
+        fingerprint = hash_file(profile.path)
+        batch_id = f"{modality}-{fingerprint[:16]}"
+        new_rows = plan_writes(profile.sample_ids, [batch_id] * len(profile.sample_ids), existing_batch, replace, report,
+                               lambda k, profile=profile: f"{profile.path}: sample '{profile.sample_ids[k]}' is already "
+                                                          f"in the atlas ({modality}) from another file")
+        plans.append((profile, scale, reason, fingerprint, batch_id, new_rows))
+    report.added = sum(len(rows) for *_, rows in plans) - report.replaced
+    if not report.added and not report.replaced and metadata is None:
         return report
-    already_stored = batch_exists(atlas, batch_id)
-    relative = None
+    written: list[str] = []
     try:
-        if not already_stored:
-            relative = write_batch_file(atlas, batch_id, profile)
+        for profile, _, _, _, batch_id, new_rows in plans:
+            if new_rows and not batch_exists(atlas, batch_id):
+                written.append(write_batch_file(atlas, batch_id, profile))
         with atlas.transaction():
-            if not already_stored:
-                record_batch(atlas, batch_id, modality, profile, fingerprint, relative, scale, reason)
-            samples = [profile.sample_ids[row] for row in new_samples]
-            record_samples(atlas, modality, batch_id, samples, new_samples)
-            upsert_items(atlas, modality, samples, [patient_of.get(sample) for sample in samples])
+            for profile, scale, reason, fingerprint, batch_id, new_rows in plans:
+                if not new_rows:
+                    continue
+                if not batch_exists(atlas, batch_id):
+                    record_batch(atlas, batch_id, modality, profile, fingerprint, layout.profile_batch(batch_id), scale, reason)
+                samples = [profile.sample_ids[row] for row in new_rows]
+                record_samples(atlas, modality, batch_id, samples, new_rows)
+                upsert_items(atlas, modality, samples, [patient_of.get(sample) for sample in samples])
             if metadata is not None:
                 report.metadata_rows_matched = apply_metadata(atlas, metadata, modality)
     except BaseException:
-        if relative is not None:
+        for relative in written:
             atlas.path(relative).unlink(missing_ok=True)
         raise
     return report

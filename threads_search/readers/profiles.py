@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +111,43 @@ def _unique(path: Path, names: list[str], what: str) -> None:
         seen.add(name)
 
 
+# Names that can only be genes (or probes of genes): a sample axis full of them is a transposed file.
+COMMON_GENE_SYMBOLS = frozenset("""
+TP53 EGFR KRAS BRAF PIK3CA PTEN MYC ERBB2 ESR1 PGR GAPDH ACTB CDH1 APC BRCA1 BRCA2 ATM RB1 NF1 CDKN2A
+IDH1 IDH2 ATRX TERT VIM KRT5 KRT7 KRT8 KRT14 KRT18 KRT19 KRT20 MKI67 FOXA1 GATA3 AR CD3E CD4 CD8A PTPRC
+EPCAM SOX2 NKX2-1 NAPSA TTF1 SFTPC CHGA SYP NCAM1 ALK ROS1 RET MET NTRK1 FGFR1 FGFR2 FGFR3 CCND1 CDK4 MDM2
+SMAD4 CTNNB1 VHL PBRM1 SETD2 BAP1 KDM5C ARID1A KMT2D KMT2C NOTCH1 FBXW7 STK11 KEAP1 NFE2L2 TTN MUC16 CSMD3
+RYR2 LRP1B ZFHX4 SPTA1 COL1A1 COL1A2 COL3A1 FN1 SPARC POSTN ACTA2 PECAM1 CD34 VWF PDGFRB TOP2A BIRC5 CCNB1
+AURKA UBE2C PCNA MCM2 TYMS HER2 B2M HLA-A HLA-B CD274 PDCD1 CTLA4 LAG3 FOXP3 GZMB PRF1 IFNG CXCL9 CXCL10
+""".split())
+_GENE_PATTERN = re.compile(r"^(ENS[A-Z]*G\d{6,}(\.\d+)?|X?\d{4,}(_[sxa])?_at|ILMN_\d+|A_\d{2}_P\d+)$")
+_SAMPLE_PATTERN = re.compile(r"^(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}.*|GSM\d+)$")
+
+
+def _gene_like(names: list[str]) -> int:
+    return sum(1 for n in names if n.upper() in COMMON_GENE_SYMBOLS or _GENE_PATTERN.match(n))
+
+
+def _sample_like(names: list[str]) -> int:
+    return sum(1 for n in names if _SAMPLE_PATTERN.match(n))
+
+
+def check_orientation(path: Path, samples: list[str], genes: list[str], genes_as_rows: bool) -> None:
+    """Refuse a layout that reads genes as samples: gene-like names on the sample axis and few on the gene axis."""
+    on_samples, on_genes = _gene_like(samples), _gene_like(genes)
+    transposed = on_samples >= 3 and on_samples >= 5 * on_genes and on_samples >= len(samples) // 20
+    transposed = transposed or (_sample_like(genes) >= 3 and _sample_like(genes) > _sample_like(samples))
+    if not transposed:
+        return
+    examples = ", ".join((n for n in samples if n.upper() in COMMON_GENE_SYMBOLS or _GENE_PATTERN.match(n)))[:80] \
+        or ", ".join(genes[:3])
+    if genes_as_rows:
+        raise InputError(f"{path}: with --genes-as-rows the samples would be named like genes ({examples}) "
+                         f"and the genes like samples; this file has samples as rows: drop --genes-as-rows")
+    raise InputError(f"{path}: the rows are named like genes ({examples}) and the columns like samples; "
+                     f"this file has genes as rows: add --genes-as-rows")
+
+
 def read_expression(path: str | os.PathLike, genes_as_rows: bool = False) -> ProfileMatrix:
     """Read an expression matrix in any supported layout into samples x genes."""
     path = Path(path)
@@ -131,6 +169,7 @@ def read_expression(path: str | os.PathLike, genes_as_rows: bool = False) -> Pro
         samples, genes = row_names, value_columns
     _unique(path, genes, "gene name")
     _unique(path, samples, "sample id")
+    check_orientation(path, samples, genes, genes_as_rows)
     return ProfileMatrix(path=path, sample_ids=samples, genes=genes, values=matrix)
 
 
@@ -171,6 +210,7 @@ def _read_h5ad(path: Path) -> ProfileMatrix:
         raise InputError(f"{path}: sample {samples[row]}, gene {genes[column]}: NaN or infinite value")
     _unique(path, genes, "gene name")
     _unique(path, samples, "sample id")
+    check_orientation(path, samples, genes, False)
     return ProfileMatrix(path=path, sample_ids=samples, genes=genes, values=matrix)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from threads_search.atlas.items import find_item, item_metadata, patient_vids
-from threads_search.atlas.schema import MODALITIES
+from threads_search.atlas.schema import MODALITIES, PROFILE_MODALITIES
 from threads_search.atlas.store import Atlas
 from threads_search.atlas.stored_models import load_atlas_model, resolve_model_id
 from threads_search.atlas.where import check_where
@@ -37,6 +37,7 @@ class Query:
     sample: str | None = None  # row of `expression` to use
     prototype: str | None = None  # NAME:CLASS
     mpp: float | None = None  # for `wsi` without resolution metadata
+    sample_modality: str | None = None  # expression | mutations, when `sample_id` names both
 
     def source(self) -> str:
         given = [name for name in ("slide_id", "features", "wsi", "sample_id", "expression", "prototype")
@@ -105,6 +106,18 @@ def _item(atlas: Atlas, item_id: str, modalities: tuple[str, ...]) -> tuple[int,
     return rows[0]
 
 
+def _sample_item(atlas: Atlas, sample_id: str, modality: str | None) -> tuple[int, str, str]:
+    """The profile a --sample-id names; a sample that is both an expression and a mutation profile needs --modality."""
+    rows = find_item(atlas, sample_id, (modality,) if modality else PROFILE_MODALITIES)
+    if not rows:
+        where = f" as a {modality} profile" if modality else ""
+        raise InputError(f"unknown sample id '{sample_id}'{where} (not in {atlas.root})")
+    if len(rows) > 1:
+        raise InputError(f"--sample-id {sample_id}: both an expression and a mutation profile; choose one with "
+                         f"--modality expression|mutations")
+    return rows[0]
+
+
 def _stored_or_encoded(atlas: Atlas, model: _LazyModel, vid: int, modality: str, encode) -> np.ndarray:
     from threads_search.atlas.embeddings import load_embeddings
 
@@ -136,7 +149,7 @@ def resolve_query(atlas: Atlas, model: _LazyModel, query: Query) -> ResolvedQuer
     if source == "wsi":
         return _resolve_wsi(atlas, model, query)
     if source == "sample_id":
-        vid, modality, patient = _item(atlas, query.sample_id, ("expression", "mutations"))
+        vid, modality, patient = _sample_item(atlas, query.sample_id, query.sample_modality)
         from threads_search.atlas.profiles import load_profiles
 
         def encode():
@@ -282,35 +295,36 @@ def search_atlas(atlas: Atlas, query: Query, options: SearchOptions) -> SearchRe
         allowed = atlas.filter_vids(where, options.target)
         if allowed.size == 0:
             raise InputError(f"--where \"{options.where}\" matches no {options.target}")
-    excluded = _excluded_vids(atlas, resolved, options)
+    excluded = _excluded_vids(atlas, resolved, options, index)
     candidates = (index.sorted_ids() if allowed is None else allowed[index.holds(allowed)])
     n_candidates = int(np.setdiff1d(candidates, excluded).size)
     if options.k > n_candidates:
         notes.append(f"only {n_candidates} {options.target} can be returned (k = {options.k})")
-    scores, ids = search(index, resolved.vector[None, :], options.k, allowed_ids=allowed,
-                         exclude_ids=[excluded] if excluded.size else None)
-    found = [(int(v), float(s)) for v, s in zip(ids[0], scores[0]) if v >= 0]
+    found = []
+    if n_candidates:
+        scores, ids = search(index, resolved.vector[None, :], min(options.k, n_candidates), allowed_ids=allowed,
+                             exclude_ids=[excluded] if excluded.size else None)
+        found = [(int(v), float(s)) for v, s in zip(ids[0], scores[0]) if v >= 0]
     metadata = hit_rows(atlas, [v for v, _ in found])
     hits = []
     for rank, (vid, score) in enumerate(((v, s) for v, s in found if v in metadata), start=1):
         row = metadata[vid]
         hits.append({"rank": rank, "id": row.pop("item_id"), "modality": row.pop("modality"),
                      "patient_id": row.pop("patient_id"), "score": round(score, 6), **_plain(row)})
-    if len(hits) < len(found):
-        notes.append(f"{len(found) - len(hits)} hit(s) belong to items replaced since indexing; "
-                     f"run `threads-search index {atlas.root} --rebuild`")
     query_info = dict(resolved.info, model_id=model_id, target=options.target, k=options.k, where=options.where)
     return SearchResult(query=query_info, hits=hits, label=label, notes=notes)
 
 
-def _excluded_vids(atlas: Atlas, resolved: ResolvedQuery, options: SearchOptions) -> np.ndarray:
-    excluded = set()
+def _excluded_vids(atlas: Atlas, resolved: ResolvedQuery, options: SearchOptions, index) -> np.ndarray:
+    """Ids the search must not return: the query itself, its patient's items, and ids the index
+    still holds for items removed or replaced since it was built."""
+    parts = [np.setdiff1d(index.sorted_ids(), atlas.modality_vids(options.target), assume_unique=True)]
     if resolved.exclude_vid is not None:
-        excluded.add(resolved.exclude_vid)  # the query itself is never its own hit
+        parts.append(np.array([resolved.exclude_vid], np.int64))  # the query itself is never its own hit
     patient = resolved.info.get("patient_id")
     if patient is not None and not options.include_same_patient:
-        excluded.update(int(v) for v in patient_vids(atlas, options.target, patient))
-    return np.array(sorted(excluded), np.int64)
+        parts.append(patient_vids(atlas, options.target, patient))
+    return np.unique(np.concatenate(parts))
 
 
 def _plain(row: dict) -> dict:
@@ -325,7 +339,7 @@ def _plain(row: dict) -> dict:
 
 
 def query_from_arguments(slide_id=None, features=None, wsi=None, sample_id=None, expression=None, sample=None,
-                         prototype=None, mpp=None) -> Query:
+                         prototype=None, mpp=None, sample_modality=None) -> Query:
     return Query(slide_id=slide_id, features=Path(features) if features else None, wsi=Path(wsi) if wsi else None,
                  sample_id=sample_id, expression=Path(expression) if expression else None, sample=sample,
-                 prototype=prototype, mpp=mpp)
+                 prototype=prototype, mpp=mpp, sample_modality=sample_modality)
