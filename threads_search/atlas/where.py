@@ -19,7 +19,9 @@ Its result is a sorted array of vector ids, which later steps bind as data.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -91,6 +93,23 @@ def _sandbox():
     import duckdb
 
     return duckdb.connect(":memory:", config=SANDBOX_CONFIG)
+
+
+_parser_lock = threading.Lock()
+_parser: dict = {}
+
+
+@contextmanager
+def _parser_connection():
+    """One sandbox connection per process for parsing (it holds no table), used by one thread at a time."""
+    with _parser_lock:
+        if "connection" not in _parser:
+            connection = _sandbox()
+            _parser["connection"] = connection
+            template = _serialize(connection, _TEMPLATE)["statements"][0]
+            _parser["shape"] = _strip_locations({**template, "node": {**template["node"], "where_clause": None}})
+            _parser["query"] = json.dumps(_serialize(connection, "SELECT vid, modality FROM items WHERE TRUE"))
+        yield _parser["connection"]
 
 
 def _serialize(connection, sql: str) -> dict:
@@ -235,8 +254,7 @@ def parse_where(text: str | None, columns: Sequence[str], option: str = "--where
         raise refuse(f"longer than {MAX_FILTER_CHARS} characters")
     if "\x00" in text:
         raise refuse("contains a NUL character")
-    connection = _sandbox()
-    try:
+    with _parser_connection() as connection:
         # The text is only parsed here, never run; the parse tree decides what is accepted.
         parsed = _serialize(connection, f"SELECT 1 FROM items WHERE {text}\n")
         if parsed.get("error"):
@@ -244,23 +262,19 @@ def parse_where(text: str | None, columns: Sequence[str], option: str = "--where
         statements = parsed.get("statements", [])
         if len(statements) != 1:
             raise refuse("must be one expression, not several statements")
-        template = _serialize(connection, _TEMPLATE)["statements"][0]
         statement = statements[0]
         expression = statement.get("node", {}).get("where_clause")
         shape = _strip_locations({**statement, "node": {**statement.get("node", {}), "where_clause": None}})
-        expected = _strip_locations({**template, "node": {**template["node"], "where_clause": None}})
-        if shape != expected or expression is None:
+        if shape != _parser["shape"] or expression is None:
             raise refuse("must be one boolean expression over the columns (no ORDER BY, LIMIT, UNION, GROUP BY ...)")
         validator = _Validator(columns)
         try:
             validator.check(expression)
         except _Refused as refusal:
             raise refuse(str(refusal)) from None
-        query = _serialize(connection, "SELECT vid, modality FROM items WHERE TRUE")
+        query = json.loads(_parser["query"])
         query["statements"][0]["node"]["where_clause"] = expression
         rendered = connection.execute("SELECT json_deserialize_sql(?)", [json.dumps(query)]).fetchall()[0][0]
-    finally:
-        connection.close()
     return Where(text=text, option=option, statement=rendered, columns=tuple(validator.used))
 
 

@@ -122,7 +122,7 @@ def select(atlas: Atlas, model_id: str, modality: str, label: str, sql: str | No
     rows = [(int(vid), item, table.values[label][i], patient, *(table.values[c][i] for c in group_columns))
             for i, (vid, item, patient) in enumerate(zip(table.vids, table.item_ids, table.patient_ids))]
     if not rows:
-        raise InputError(f"{option} \"{sql}\" selects no {modality}" if where else f"the atlas holds no {modality}")
+        raise InputError(f"{option} \"{where.text}\" selects no {modality}" if where else f"the atlas holds no {modality}")
     labelled = [r for r in rows if r[2] is not None and r[2].strip()]
     if not labelled:
         raise InputError(f"--label {label}: empty for every one of the {len(rows)} {modality} item(s) "
@@ -197,6 +197,8 @@ def evaluate_atlas(atlas: Atlas, label: str, queries_sql: str | None, database_s
     """
     _check_modality(query_modality, "--query-modality")
     _check_modality(target, "--target")
+    queries_sql = check_where(atlas, queries_sql, "--queries")  # both filters checked before any work
+    database_sql = check_where(atlas, database_sql, "--database")
     _check_label(atlas, label)
     cutoffs = _cutoffs(ks)
     model_id = resolve_model_id(atlas, model_id)
@@ -210,7 +212,8 @@ def evaluate_atlas(atlas: Atlas, label: str, queries_sql: str | None, database_s
     report = _evaluate(queries, database, cutoffs, n_bootstrap, seed, f"{recipe} {model_id[:8]}")
     baseline_id, baseline = _baseline_report(atlas, model_id, queries, database, cutoffs, n_bootstrap, seed, notes)
     evaluation = AtlasEvaluation(model_id, report, baseline, queries, database, notes, baseline_id,
-                                 {"label": label, "queries": queries_sql, "database": database_sql})
+                                 {"label": label, "queries": queries_sql.text if queries_sql else None,
+                                  "database": database_sql.text if database_sql else None})
     if evaluation.overlap_patients:
         notes.append(f"{evaluation.overlap_patients} of the {len(set(queries.patients))} query patients also have "
                      "database items; those are never ranked for their own patient's queries")
@@ -261,6 +264,7 @@ def fewshot_atlas(atlas: Atlas, label: str, train_sql: str, test_sql: str, shots
     from threads_search.evaluation import fewshot_curve
 
     _check_modality(modality, "--modality")
+    train_sql, test_sql = check_where(atlas, train_sql, "--train"), check_where(atlas, test_sql, "--test")
     _check_label(atlas, label)
     model_id = resolve_model_id(atlas, model_id)
     notes: list[str] = []

@@ -284,13 +284,13 @@ def search_atlas(atlas: Atlas, query: Query, options: SearchOptions) -> SearchRe
         raise InputError(f"--target {options.target}: expected one of {', '.join(MODALITIES)}")
     if options.k < 1:
         raise InputError(f"-k {options.k}: must be at least 1")
+    where = check_where(atlas, options.where)
     model_id = resolve_model_id(atlas, options.model_id)
     label = default_label(atlas, options.label)
     index = open_index(atlas, model_id, options.target, options.device)
     resolved = resolve_query(atlas, _LazyModel(atlas, model_id), query)
     notes = list(resolved.notes)
     allowed = None
-    where = check_where(atlas, options.where)
     if where is not None:
         allowed = atlas.filter_vids(where, options.target)
         if allowed.size == 0:

@@ -1,0 +1,117 @@
+"""The layer contract of docs/ARCHITECTURE.md, checked over the import graph of the source.
+
+Stages import only stages on lower layers; `encoders` never imports faiss or duckdb; `indexer`
+never imports torch or duckdb; nothing below the CLI imports it; SQL is written only under
+`threads_search/atlas/`.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Source folder -> import name (pyproject's package-dir mapping).
+PACKAGES = {"threads_search": "threads_search", "encoders": "threads_search.encoders",
+            "indexer": "threads_search.indexer", "cli": "threads_search.cli"}
+# Lower layers first; a stage may import its own modules and stages of lower layers only.
+LAYERS = [
+    {"", "errors", "atomic"},
+    {"encoders", "indexer", "evaluation", "readers"},
+    {"wsi", "synthetic"},
+    {"atlas"},
+    {"ingest", "training"},
+    {"jobs"},
+    {"search"},
+    {"demo", "api", "service", "distributed"},
+    {"cli"},
+]
+FORBIDDEN_THIRD_PARTY = {"encoders": {"faiss", "duckdb"}, "indexer": {"torch", "duckdb"},
+                         "evaluation": {"torch", "faiss", "duckdb"}, "readers": {"faiss", "duckdb"}}
+SQL_STATEMENT = re.compile(r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|CREATE\s+(TABLE|SEQUENCE|VIEW)"
+                           r"|ALTER\s+TABLE|DROP\s+TABLE|ATTACH\s|COPY\s.+\sTO)\b", re.S)
+SQL_CALLS = {"sql", "execute", "executemany", "register", "unregister"}
+
+
+def _modules() -> list[tuple[Path, str]]:
+    found = []
+    for folder, package in PACKAGES.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = [package, *path.relative_to(ROOT / folder).with_suffix("").parts]
+            if parts[-1] == "__init__":
+                parts.pop()
+            found.append((path, ".".join(parts)))
+    return found
+
+
+def _stage(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _layer(stage: str) -> int:
+    for level, stages in enumerate(LAYERS):
+        if stage in stages:
+            return level
+    raise AssertionError(f"stage '{stage}' is on no layer of tests/test_architecture.py; place it")
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+    return found
+
+
+MODULES = _modules()
+
+
+def test_every_module_is_on_a_layer():
+    for _, module in MODULES:
+        _layer(_stage(module))
+
+
+@pytest.mark.parametrize("path, module", MODULES, ids=[m for _, m in MODULES])
+def test_imports_follow_the_layers(path, module):
+    stage = _stage(module)
+    wrong = []
+    for line, imported in _imports(path):
+        top = imported.split(".")[0]
+        if top in FORBIDDEN_THIRD_PARTY.get(stage, ()):
+            wrong.append(f"{path.relative_to(ROOT)}:{line} imports {imported} (never in {stage})")
+        if top != "threads_search":
+            continue
+        target = _stage(imported)
+        if target != stage and _layer(target) >= _layer(stage):
+            wrong.append(f"{path.relative_to(ROOT)}:{line} imports {imported} ({stage} may not import {target or 'the package'})")
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("path, module", [(p, m) for p, m in MODULES if _stage(m) != "atlas"],
+                         ids=[m for p, m in MODULES if _stage(m) != "atlas"])
+def test_sql_is_written_only_in_the_atlas_store(path, module):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    wrong = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL_STATEMENT.search(node.value):
+            wrong.append(f"{path.relative_to(ROOT)}:{node.lineno} SQL text {node.value[:60]!r}")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in SQL_CALLS:
+            wrong.append(f"{path.relative_to(ROOT)}:{node.lineno} .{node.func.attr}() call")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_contract_catches_a_wrong_import(tmp_path):
+    """The checks themselves fail on a violation (a check that cannot fail proves nothing)."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("import faiss\nfrom threads_search.cli.app import app\nq = 'SELECT vid FROM items'\nx.sql(q)\n")
+    imports = [name for _, name in _imports(bad)]
+    assert "faiss" in imports and "threads_search.cli.app" in imports
+    assert _layer(_stage("threads_search.cli.app")) > _layer("encoders")
+    assert SQL_STATEMENT.search("SELECT vid FROM items") and not SQL_STATEMENT.search("select the queries from the atlas")
