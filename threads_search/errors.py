@@ -33,3 +33,11 @@ class DeviceError(ThreadsSearchError):
 
 class TrainingError(ThreadsSearchError):
     """Training cannot start or had to stop (too few pairs, NaN loss ...)."""
+
+
+class AtlasBusyError(AtlasError):
+    """Another process is writing the atlas (one writer at a time)."""
+
+
+class AtlasDamagedError(AtlasError):
+    """A file of the atlas is missing, truncated or does not match its record."""

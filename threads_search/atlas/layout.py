@@ -36,8 +36,9 @@ def _checked_model_id(model_id: str) -> str:
     return model_id
 
 
-def copied_features(slide_id: str, suffix: str) -> str:
-    return f"features/{safe_file_name(slide_id)}{suffix}"
+def copied_features(slide_id: str, fingerprint: str, suffix: str) -> str:
+    """A copied feature file; the fingerprint in the name keeps a replaced copy from overwriting the old."""
+    return f"features/{safe_file_name(slide_id)}-{safe_file_name(fingerprint)[:12]}{suffix}"
 
 
 def profile_batch(batch_id: str) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,7 +23,10 @@ from threads_search import __version__
 from threads_search.atlas.layout import DATABASE_NAME, FOLDERS
 from threads_search.atlas.schema import CORE_ITEM_COLUMNS, FORMAT_VERSION, SCHEMA, migrate
 from threads_search.atomic import temporary_sibling
-from threads_search.errors import AtlasError
+from threads_search.errors import AtlasBusyError, AtlasDamagedError, AtlasError
+
+# While a writer runs, what it has committed is published at most this often (and always at its end).
+PUBLISH_INTERVAL_S = 10.0
 
 
 def utc_now() -> datetime:
@@ -57,7 +62,10 @@ class Atlas:
     root: Path
     connection: "object"
     read_only: bool = False
+    generation: int = 0  # the published generation a reader sees (0: the writer's live database)
     _cache: dict = field(default_factory=dict, repr=False)
+    _dirty: bool = field(default=False, repr=False)
+    _published_at: float = field(default=0.0, repr=False)
 
     def path(self, relative: str | os.PathLike) -> Path:
         return self.root / relative
@@ -99,6 +107,30 @@ class Atlas:
             raise
         self.sql("COMMIT")
         self._cache.clear()
+        self._dirty = True
+        if time.monotonic() - self._published_at > PUBLISH_INTERVAL_S:
+            self.publish()
+
+    def publish(self) -> None:
+        """Make what this writer committed visible to readers (a new published generation)."""
+        from threads_search.atlas.generations import publish
+
+        if self.read_only:
+            return
+        publish(self.connection, self.root, " ".join(["threads-search", *sys.argv[1:]])[:300])
+        self._dirty, self._published_at = False, time.monotonic()
+
+    def refresh(self) -> bool:
+        """A reader: move to the newest published generation if there is one; True if it moved."""
+        from threads_search.atlas.generations import current_generation
+
+        if not self.read_only or current_generation(self.root) == self.generation:
+            return False
+        newer = open_atlas(self.root, read_only=True)
+        self.connection.close()
+        self.connection, self.generation = newer.connection, newer.generation
+        self._cache.clear()
+        return True
 
     def invalidate(self) -> None:
         """Forget what was read (columns, id sets, filter results): the tables changed."""
@@ -145,7 +177,20 @@ class Atlas:
         return vids[modalities == modality]
 
     def close(self) -> None:
-        self.connection.close()
+        if self.read_only:
+            self.connection.close()
+            return
+        from threads_search.atlas import lock
+        from threads_search.atlas.generations import collect_garbage, read_current
+
+        try:
+            if self._dirty or read_current(self.root) is None:
+                self.publish()
+            if lock.holders_here(self.root) == 1:
+                collect_garbage(self.connection, self.root)
+        finally:
+            self.connection.close()
+            lock.release(self.root)
 
     def __enter__(self) -> "Atlas":
         return self
@@ -180,33 +225,88 @@ def init_atlas(root: str | os.PathLike) -> Atlas:
     return open_atlas(root)
 
 
-def open_atlas(root: str | os.PathLike, read_only: bool = False) -> Atlas:
-    """Open an existing atlas; a folder without `atlas.duckdb` is refused."""
+def open_atlas(root: str | os.PathLike, read_only: bool = False, lock_timeout: float | None = None) -> Atlas:
+    """Open an existing atlas; a folder without `atlas.duckdb` is refused.
+
+    `read_only`: a reader, on the newest published generation (never blocked by a writer).
+    Otherwise the one writer: takes the writer lock (waiting up to `lock_timeout` seconds).
+    """
     root = Path(root)
     database = root / DATABASE_NAME
     if not root.exists():
         raise AtlasError(f"{root}: no such atlas folder (create one with `threads-search init {root}`)")
     if not database.is_file():
         raise AtlasError(f"{root}: not an atlas (no {DATABASE_NAME}; create one with `threads-search init`)")
+    root = root.resolve()
+    if read_only:
+        return _open_reader(root)
+    from threads_search.atlas import lock
+
+    lock.acquire(root, lock_timeout)
+    try:
+        connection = _connect(database, read_only=False)
+        version = _format_version(connection, database)
+        if version < FORMAT_VERSION:
+            connection.execute("BEGIN TRANSACTION")
+            migrate(connection, version)
+            connection.execute("COMMIT")
+    except BaseException:
+        lock.release(root)
+        raise
+    return Atlas(root=root, connection=connection, read_only=False)
+
+
+def _open_reader(root: Path) -> Atlas:
+    from threads_search.atlas.generations import published_database
+
+    for _ in range(5):  # a generation may be retired between reading CURRENT and opening it
+        published = published_database(root)
+        if published is None:  # never published (made by an older version): the database itself
+            connection = _connect(root / DATABASE_NAME, read_only=True)
+            generation = 0
+        elif not published[0].is_file():
+            continue
+        else:
+            connection = _connect(published[0], read_only=True)
+            generation = published[1]
+        version = _format_version(connection, published[0] if published else root / DATABASE_NAME)
+        if version < FORMAT_VERSION:
+            connection.close()
+            raise AtlasError(f"{root}: atlas format {version} is older than {FORMAT_VERSION}; run a writing command "
+                             f"(e.g. `threads-search check {root} --repair`) to migrate it")
+        return Atlas(root=root, connection=connection, read_only=True, generation=generation)
+    raise AtlasDamagedError(f"{root}: CURRENT points at a published generation that is missing; "
+                            f"run `threads-search check {root} --repair`")
+
+
+def _connect(database: Path, read_only: bool):
     import duckdb
 
     try:
-        connection = duckdb.connect(str(database), read_only=read_only)
-        rows = connection.execute("SELECT value FROM atlas_meta WHERE key = 'format_version'").fetchall()
-        row = rows[0] if rows else None
+        return duckdb.connect(str(database), read_only=read_only)
+    except duckdb.IOException as error:
+        message = str(error).splitlines()[0]
+        if "lock" in message.lower():
+            raise AtlasBusyError(f"{database}: in use by another process ({message})") from None
+        raise AtlasDamagedError(f"{database}: not a readable atlas database ({message}); "
+                                f"run `threads-search check {database.parent} --repair`") from None
     except duckdb.Error as error:
-        raise AtlasError(f"{database}: not a readable atlas database ({str(error).splitlines()[0]})") from None
-    version = int(row[0]) if row and str(row[0]).isdigit() else None
-    if version is None or version > FORMAT_VERSION:
+        raise AtlasDamagedError(f"{database}: not a readable atlas database ({str(error).splitlines()[0]}); "
+                                f"run `threads-search check {database.parent} --repair`") from None
+
+
+def _format_version(connection, database: Path) -> int:
+    import duckdb
+
+    try:
+        rows = connection.execute("SELECT value FROM atlas_meta WHERE key = 'format_version'").fetchall()
+    except duckdb.Error as error:
         connection.close()
-        raise AtlasError(f"{database}: atlas format {row[0] if row else '?'} is not supported "
+        raise AtlasDamagedError(f"{database}: not a readable atlas database ({str(error).splitlines()[0]}); "
+                                f"run `threads-search check {database.parent} --repair`") from None
+    value = rows[0][0] if rows else None
+    if value is None or not str(value).isdigit() or int(value) > FORMAT_VERSION:
+        connection.close()
+        raise AtlasError(f"{database}: atlas format {value or '?'} is not supported "
                          f"(this threads-search {__version__} reads format {FORMAT_VERSION})")
-    if version < FORMAT_VERSION:
-        if read_only:
-            connection.close()
-            raise AtlasError(f"{database}: atlas format {version} is older than {FORMAT_VERSION}; "
-                             f"run a writing command (e.g. `threads-search check {root} --repair`) to migrate it")
-        connection.execute("BEGIN TRANSACTION")
-        migrate(connection, version)
-        connection.execute("COMMIT")
-    return Atlas(root=root.resolve(), connection=connection, read_only=read_only)
+    return int(value)

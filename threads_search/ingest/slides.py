@@ -60,7 +60,7 @@ def _inspect_all(paths: list[Path], progress: Progress | None) -> list[FeatureFi
 
 
 def _copy_into_atlas(atlas: Atlas, info: FeatureFileInfo) -> str:
-    relative = layout.copied_features(info.slide_id, info.path.suffix)
+    relative = layout.copied_features(info.slide_id, info.fingerprint, info.path.suffix)
     copy_file_atomic(info.path, atlas.path(relative))
     return relative
 

@@ -46,7 +46,7 @@ def build_atlas_indexes(atlas: Atlas, model_id: str, kind: str = "auto", device:
         recorded = index_location(atlas, model_id, modality)
         if ids.size == 0:
             if recorded is not None:  # every item it held is gone
-                _drop(atlas, model_id, modality, recorded)
+                _drop(atlas, model_id, modality)
                 report.dropped.append(modality)
             continue
         existing = None
@@ -65,7 +65,7 @@ def build_atlas_indexes(atlas: Atlas, model_id: str, kind: str = "auto", device:
                 remove_vectors(existing, stale)
                 if missing.any():
                     add_vectors(existing, vectors[missing], ids[missing])
-                _publish(atlas, model_id, modality, existing, recorded)
+                _publish(atlas, model_id, modality, existing)
                 report.added[modality] = int(missing.sum())
                 if stale.size:
                     report.removed[modality] = int(stale.size)
@@ -78,15 +78,16 @@ def build_atlas_indexes(atlas: Atlas, model_id: str, kind: str = "auto", device:
         except InputError as refusal:  # one modality's vectors refused: say so, index the others
             report.notes.append(f"{modality}: not indexed ({refusal})")
             continue
-        _publish(atlas, model_id, modality, built, recorded)
+        _publish(atlas, model_id, modality, built)
         report.built[modality] = built.sidecar
     if not (report.built or report.added or report.unchanged or report.notes or report.dropped):
         raise AtlasError(f"model {model_id} has no embeddings; run `threads-search embed {atlas.root} --model {model_id}` first")
     return report
 
 
-def _publish(atlas: Atlas, model_id: str, modality: str, bundle, previous: str | None) -> None:
-    """Save `bundle` under a new stem, record it, then delete the files of the previous record."""
+def _publish(atlas: Atlas, model_id: str, modality: str, bundle) -> None:
+    """Save `bundle` under a new stem and record it; the previous files stay for readers of older
+    generations until the writer's garbage collection finds them unreferenced."""
     from threads_search.indexer import save_index
     from threads_search.indexer.persist import index_paths
 
@@ -98,17 +99,10 @@ def _publish(atlas: Atlas, model_id: str, modality: str, bundle, previous: str |
         for path in index_paths(atlas.path(stem)):
             path.unlink(missing_ok=True)
         raise
-    if previous is not None and previous != stem:
-        for path in index_paths(atlas.path(previous)):
-            path.unlink(missing_ok=True)
 
 
-def _drop(atlas: Atlas, model_id: str, modality: str, recorded: str) -> None:
-    from threads_search.indexer.persist import index_paths
-
-    forget_index(atlas, model_id, modality)
-    for path in index_paths(atlas.path(recorded)):
-        path.unlink(missing_ok=True)
+def _drop(atlas: Atlas, model_id: str, modality: str) -> None:
+    forget_index(atlas, model_id, modality)  # its files go with the writer's garbage collection
 
 
 def open_index(atlas: Atlas, model_id: str, modality: str, device: str = "auto"):

@@ -2,7 +2,8 @@
 
 The item rows (with their slide and profile rows) go in one transaction; from then on no
 reader sees them. Their vectors are then taken out of every index (`index` does the same on
-its next run, should this one be interrupted), and copied feature files are deleted.
+its next run, should this one be interrupted). Files nothing references any more (copied
+feature files, replaced index files) are deleted by the writer's garbage collection.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import numpy as np
 from threads_search.atlas.indexes import indexed_models
 from threads_search.atlas.items import delete_items, find_items
 from threads_search.atlas.schema import MODALITIES
-from threads_search.atlas.slides import slide_records
 from threads_search.atlas.store import Atlas
 from threads_search.atlas.where import check_where
 from threads_search.errors import InputError
@@ -62,11 +62,8 @@ def remove_items(atlas: Atlas, where_sql: str | None = None, ids: list[str] | No
         vids = np.concatenate([atlas.filter_vids(where, m) for m in modalities])
     if vids.size == 0:
         return report
-    copied = [r.path for r in slide_records(atlas, vids) if r.path.is_relative_to(atlas.root)]
     with atlas.transaction():
         report.removed = delete_items(atlas, vids)
-    for path in copied:
-        path.unlink(missing_ok=True)
     from threads_search.jobs.index import build_atlas_indexes
 
     for model_id in indexed_models(atlas):
