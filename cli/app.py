@@ -5,6 +5,7 @@ Command modules import nothing heavy at module level, so `--help` stays fast.
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import typer
@@ -36,7 +37,8 @@ class _Group(_BareHelpFlag, TyperGroup):
 
 class _OneLineErrors(_Group):
     """Turns a ThreadsSearchError or a usage error (bad choice, missing option) anywhere below
-    into one line on stderr and exit code 2."""
+    into one line on stderr and exit code 2, and a failure of the environment (OSError: disk
+    full, permission denied) into one line and exit code 1."""
 
     def invoke(self, ctx):
         from typer._click.exceptions import NoArgsIsHelpError, UsageError
@@ -48,6 +50,12 @@ class _OneLineErrors(_Group):
             sys.exit(2)
         except NoArgsIsHelpError:
             raise
+        except OSError as error:  # the environment failed (disk full, permissions): the atlas is as it was
+            if error.errno == errno.EPIPE:
+                raise
+            where = f" ({error.filename})" if error.filename else ""
+            typer.echo(f"error: {error.strerror or error}{where}; nothing was changed", err=True)
+            sys.exit(1)
         except UsageError as error:
             command = error.ctx.command_path if error.ctx is not None else "threads-search"
             message = " ".join(error.format_message().split())

@@ -71,9 +71,23 @@ def load_index(path: str | os.PathLike, device: str = "auto") -> LoadedIndex:
         ) from None
     _check_agreement(index, sidecar, index_path)
     loaded = LoadedIndex(index=index, sidecar=sidecar, path=index_path.with_suffix(""))
+    _check_kind_fits(loaded, index_path)
     if device_for_kind(loaded.spec, device) == "gpu":
         loaded.gpu_index = replicate_to_gpu(index, loaded.search_params)
     return loaded
+
+
+def _check_kind_fits(loaded: LoadedIndex, index_path: Path) -> None:
+    """The sidecar's kind and parameters must drive this index file (an edited sidecar is refused here,
+    not with a KeyError at the first search)."""
+    spec = loaded.spec
+    try:
+        spec.search_parameters(loaded.search_params, loaded.index, None)
+        if spec.tuning_knob is not None:
+            spec.tuning_ladder(loaded.sidecar["build_params"])
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+        raise IndexFileError(f"index sidecar {index_path.with_suffix('.json')} (kind {spec.name}) does not describe "
+                             f"{index_path} ({type(error).__name__}: {error}); {REBUILD_HINT}") from None
 
 
 def _faiss_cause(error: RuntimeError) -> str:

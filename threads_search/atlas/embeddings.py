@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from threads_search.atlas import layout
+from threads_search.atlas.parquet import read_atlas_parquet
 from threads_search.atlas.store import Atlas, utc_now
 from threads_search.atomic import atomic_path
 
@@ -45,18 +46,16 @@ def load_embeddings(atlas: Atlas, model_id: str, modality: str, vids: list[int] 
 
     Vectors of replaced items (whose vid changed) are left out; `vids` restricts the result.
     """
-    import pyarrow.parquet as pq
-
     current = atlas.modality_vids(modality)
     wanted = current if vids is None else np.intersect1d(current, np.asarray(vids, np.int64))
     all_ids, all_vectors = [], []
     for part in _parts(atlas, model_id, modality):
         # The id column first: a query for a few items then reads vectors of the parts holding them only.
-        ids = pq.read_table(atlas.path(part), columns=["vid"]).column("vid").to_numpy()
+        ids = read_atlas_parquet(atlas, part, "embedding part", ["vid"]).column("vid").to_numpy()
         keep = np.isin(ids, wanted)
         if not keep.any():
             continue
-        column = pq.read_table(atlas.path(part), columns=["vector"]).column("vector").combine_chunks()
+        column = read_atlas_parquet(atlas, part, "embedding part", ["vector"]).column("vector").combine_chunks()
         vectors = column.flatten().to_numpy().reshape(len(ids), column.type.list_size)
         all_ids.append(ids[keep])
         all_vectors.append(vectors[keep])
@@ -82,9 +81,8 @@ def embedding_summaries(atlas: Atlas) -> list[dict]:
 
 
 def embedded_vids(atlas: Atlas, model_id: str, modality: str) -> set[int]:
-    import pyarrow.parquet as pq
 
     done: set[int] = set()
     for part in _parts(atlas, model_id, modality):
-        done.update(pq.read_table(atlas.path(part), columns=["vid"]).column("vid").to_pylist())
+        done.update(read_atlas_parquet(atlas, part, "embedding part", ["vid"]).column("vid").to_pylist())
     return done

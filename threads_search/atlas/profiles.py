@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from threads_search.atlas import layout
+from threads_search.atlas.parquet import read_atlas_parquet
 from threads_search.atlas.store import Atlas, utc_now
 from threads_search.atomic import atomic_path
 from threads_search.readers.profiles import ProfileMatrix
@@ -72,8 +73,6 @@ def batch_summaries(atlas: Atlas) -> list[dict]:
 
 def load_profiles(atlas: Atlas, modality: str, sample_ids: list[str] | None = None) -> list[ProfileMatrix]:
     """Stored profiles of one modality, one `ProfileMatrix` per ingest batch (each with its own genes)."""
-    import pyarrow.parquet as pq
-
     batches = atlas.sql("SELECT batch_id, parquet, genes, scale FROM profile_batches WHERE modality = ? ORDER BY batch_id",
                         [modality]).fetchall()
     wanted = set(sample_ids) if sample_ids is not None else None
@@ -83,7 +82,7 @@ def load_profiles(atlas: Atlas, modality: str, sample_ids: list[str] | None = No
         rows = [(s, r) for s, r in rows if wanted is None or s in wanted]
         if not rows:
             continue
-        table = pq.read_table(atlas.path(relative))
+        table = read_atlas_parquet(atlas, relative, "profile batch")
         values = np.asarray(table.column("values").combine_chunks().flatten().to_numpy(), dtype=np.float32)
         values = values.reshape(table.num_rows, len(genes))
         indices = np.array([r for _, r in rows], dtype=np.int64)

@@ -14,22 +14,33 @@ BASELINE_RECIPES = ("meanpool",)
 
 def store_model(atlas: Atlas, model, provenance: dict | None = None) -> str:
     """Save a model into the atlas (idempotent: same weights -> same id) and record it."""
+    return store_models(atlas, [(model, provenance)])[0]
+
+
+def store_models(atlas: Atlas, models: list[tuple[object, dict | None]]) -> list[str]:
+    """Save several models and record them in ONE transaction (a model and its baseline: both or neither)."""
     from threads_search.encoders.checkpoint import model_id as content_id
     from threads_search.encoders.checkpoint import save_model
 
-    identifier = content_id(model)
-    relative = layout.model_folder(identifier)
-    created_directory = not atlas.path(relative).exists()
-    save_model(model, atlas.path(relative))
+    identifiers, created = [], []
     try:
+        for model, _ in models:
+            identifier = content_id(model)
+            relative = layout.model_folder(identifier)
+            if not atlas.path(relative).exists():
+                created.append(atlas.path(relative))
+            save_model(model, atlas.path(relative))
+            identifiers.append(identifier)
         with atlas.transaction():
-            atlas.sql("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?)",
-                      [identifier, model.recipe, relative, json.dumps(provenance or {}, sort_keys=True, default=str), utc_now()])
+            for identifier, (model, provenance) in zip(identifiers, models):
+                atlas.sql("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?)",
+                          [identifier, model.recipe, layout.model_folder(identifier),
+                           json.dumps(provenance or {}, sort_keys=True, default=str), utc_now()])
     except BaseException:
-        if created_directory:
-            shutil.rmtree(atlas.path(relative), ignore_errors=True)
+        for folder in created:
+            shutil.rmtree(folder, ignore_errors=True)
         raise
-    return identifier
+    return identifiers
 
 
 def list_models(atlas: Atlas) -> list[tuple[str, str]]:
@@ -70,12 +81,23 @@ def resolve_model_id(atlas: Atlas, requested: str | None = None, trained_only: b
 
 def load_atlas_model(atlas: Atlas, model_id: str):
     """The model object for a recorded id (verified against its content hash)."""
-    from threads_search.encoders.checkpoint import load_model
+    from threads_search.encoders.checkpoint import load_model, read_model_id
+    from threads_search.errors import AtlasDamagedError, ThreadsSearchError
 
     row = atlas.sql("SELECT path FROM models WHERE model_id = ?", [model_id]).fetchone()
     if row is None:
         raise AtlasError(f"model {model_id} is not in {atlas.root}")
-    return load_model(atlas.path(row[0]))
+    folder = atlas.path(row[0])
+    hint = f"run `threads-search check {atlas.root} --repair`, then train or ingest the model again"
+    try:
+        held = read_model_id(folder)
+        if held != model_id:
+            raise AtlasDamagedError(f"{folder}: holds model {held}, not the recorded {model_id}; {hint}")
+        return load_model(folder)
+    except AtlasDamagedError:
+        raise
+    except ThreadsSearchError as error:
+        raise AtlasDamagedError(f"{error}; {hint}") from None
 
 
 def baseline_model_id(atlas: Atlas) -> str | None:

@@ -17,6 +17,12 @@ import numpy as np
 from threads_search.errors import InputError
 
 FEATURE_SUFFIXES = (".h5", ".hdf5", ".pt")
+# Bounds on what a feature file may declare, checked before anything is read.
+MAX_PATCHES = 5_000_000
+MAX_FEATURE_DIM = 65_536
+# Compressed HDF5 chunks may hold this many times their stored bytes, no more (float features compress ~1.1-3x).
+MAX_COMPRESSION = 64
+
 _CHUNK_ROWS = 32768
 _FINGERPRINT_BYTES = 1 << 18
 # A float is NaN/Inf exactly when its magnitude bits reach the all-ones exponent: one integer
@@ -96,6 +102,19 @@ def _validate_shape(path: Path, shape: tuple, dtype) -> tuple[int, int]:
     return n_patches, dim
 
 
+def _check_size_claim(path: Path, dataset) -> None:
+    """Refuse a dataset whose declared shape its file cannot hold (a 6 KB file claiming 10^6 patches)."""
+    shape = tuple(int(s) for s in dataset.shape)
+    if len(shape) >= 2 and (shape[-2] > MAX_PATCHES or shape[-1] > MAX_FEATURE_DIM):
+        raise InputError(f"{path}: dataset 'features' declares shape {shape}; at most {MAX_PATCHES} patches of "
+                         f"{MAX_FEATURE_DIM} dimensions are read")
+    declared = int(np.prod(shape, dtype=np.int64)) * dataset.dtype.itemsize
+    stored = dataset.id.get_storage_size()
+    if declared and stored * MAX_COMPRESSION < declared:
+        raise InputError(f"{path}: dataset 'features' declares shape {shape} ({declared:,} bytes) but the file stores "
+                         f"{stored:,} bytes of it; truncated or not a real feature file")
+
+
 def _inspect_h5(path: Path) -> dict:
     import h5py
 
@@ -107,6 +126,9 @@ def _inspect_h5(path: Path) -> dict:
         if "features" not in handle:
             raise InputError(f"{path}: no dataset 'features' (keys: {', '.join(handle.keys()) or 'none'})")
         features = handle["features"]
+        if not hasattr(features, "shape"):
+            raise InputError(f"{path}: 'features' is a group, not a dataset")
+        _check_size_claim(path, features)
         if features.ndim == 3 and features.shape[0] == 1:  # some CLAM forks store (1, N, D)
             features = features[0]
         try:

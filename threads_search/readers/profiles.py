@@ -17,6 +17,9 @@ import numpy as np
 from threads_search.errors import InputError
 
 SCALES = ("counts", "tpm", "log")
+# A header wider than this is not a gene table (Ensembl has ~60k genes); refused before parsing.
+MAX_COLUMNS = 200_000
+MAX_HEADER_BYTES = 16 << 20
 # Variant classes that do not change the protein; a gene is 'mutated' only by the others.
 SILENT_CLASSES = frozenset({"Silent", "Intron", "3'UTR", "5'UTR", "3'Flank", "5'Flank", "IGR", "RNA", "lincRNA", "Splice_Region"})
 MAF_REQUIRED = ("Tumor_Sample_Barcode", "Hugo_Symbol", "Variant_Classification")
@@ -58,7 +61,16 @@ def _read_table(path: Path, comment: str | None = None):
     import pyarrow.parquet as pq
 
     if path.suffix == ".parquet":
-        return pq.read_table(path)
+        try:
+            return pq.read_table(path)
+        except (pa.ArrowException, OSError) as error:
+            raise InputError(f"{path}: not a readable Parquet file ({str(error).splitlines()[0]})") from None
+    with open(path, "rb") as handle:
+        header = handle.readline(MAX_HEADER_BYTES + 1)
+    n_columns = max(header.count(b","), header.count(b"\t")) + 1
+    if len(header) > MAX_HEADER_BYTES or n_columns > MAX_COLUMNS:
+        raise InputError(f"{path}: header of {len(header):,} bytes and {n_columns:,} columns; at most "
+                         f"{MAX_COLUMNS:,} columns are read")
     with open(path, "r", encoding="utf-8", errors="replace") as handle:
         lines = [line for line in (handle.readline() for _ in range(50)) if line and not (comment and line.startswith(comment))]
     if not lines:

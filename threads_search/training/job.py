@@ -15,7 +15,7 @@ from threads_search.atlas.items import patient_by_item, patient_labels
 from threads_search.atlas.profiles import load_profiles
 from threads_search.atlas.slides import AtlasSlide, load_slide_bag, slide_records
 from threads_search.atlas.store import Atlas
-from threads_search.atlas.stored_models import store_model
+from threads_search.atlas.stored_models import store_model, store_models
 from threads_search.atlas.where import check_where
 from threads_search.errors import AtlasError, TrainingError
 
@@ -120,8 +120,8 @@ def train_atlas_model(atlas: Atlas, config=None, where_sql: str | None = None, l
     provenance = {"where": where_sql, "label": label_column, "best_epoch": result.best_epoch,
                   "initial_val_map": result.initial_val_map, "device": result.device,
                   "history": [vars(r) for r in result.history], "config": _config_dict(config)}
-    model_id = store_model(atlas, result.model, provenance)
-    baseline_id = store_model(atlas, _fitted_baseline(dataset, config), {"where": where_sql, "baseline": True})
+    model_id, baseline_id = store_models(atlas, [(result.model, provenance),
+                                                 (_fitted_baseline(dataset, config), {"where": where_sql, "baseline": True})])
     return TrainJobResult(model_id=model_id, baseline_id=baseline_id, training=result,
                           n_slides=len(dataset.slides), n_patients=len({s.patient_id for s in dataset.slides}))
 
