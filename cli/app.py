@@ -89,7 +89,7 @@ def _register() -> None:
 
     commands = {
         app: [("demo", demo_commands.demo), ("init", atlas_commands.init), ("info", atlas_commands.info),
-              ("remove", atlas_commands.remove), ("extract", extract.extract), ("train", model_commands.train),
+              ("remove", atlas_commands.remove), ("check", atlas_commands.check), ("extract", extract.extract), ("train", model_commands.train),
               ("embed", model_commands.embed), ("index", model_commands.index), ("search", search_commands.search),
               ("prototypes", search_commands.prototypes), ("classify", search_commands.classify),
               ("eval", eval_commands.evaluate), ("fewshot", eval_commands.fewshot), ("heatmap", extract.heatmap)],

@@ -52,8 +52,8 @@ def _render_info(summary: dict) -> str:
             lines.append(f"{column}: {details['distinct_values']} distinct values")
             continue
         parts = []
-        for value, by_modality in details["counts"].items():
-            parts.append(f"{value}=" + "/".join(f"{n} {m}" for m, n in by_modality.items()))
+        for level, by_modality in details["counts"].items():
+            parts.append(f"{level}=" + "/".join(f"{n} {m}" for m, n in by_modality.items()))
         lines.append(f"{column}: " + ", ".join(parts))
     if summary["models"]:
         lines.append("models:\n" + table([[m["model_id"], m["recipe"], m["created_at"]] for m in summary["models"]],
@@ -88,3 +88,24 @@ def remove(atlas: Path = typer.Argument(..., help="Atlas folder."),
         warn([f"{len(report.unknown_ids)} id(s) of {ids} are not in the atlas (first: '{report.unknown_ids[0]}')"])
     removed = ", ".join(f"{n} {m}" for m, n in sorted(report.removed.items())) or "nothing"
     typer.echo(f"removed {removed}" + (f"; indexes updated for {len(report.reindexed)} model(s)" if report.reindexed else ""))
+
+
+def check(atlas: Path = typer.Argument(..., help="Atlas folder."),
+          repair: bool = flag("--repair", help="Mend what is found: restore, drop damaged records, delete leftovers."),
+          as_json: bool = flag("--json", help="Print the report as JSON.")) -> None:
+    """Verify every record against its files (checksums, counts, model hashes) and report leftovers."""
+    from threads_search.atlas.check import check_atlas
+
+    report = check_atlas(atlas, repair=repair)
+    if as_json:
+        typer.echo(json.dumps({"checked": report.checked, "problems": [vars(p) for p in report.problems]}, indent=2))
+    else:
+        checked = ", ".join(f"{n} {what}" for what, n in report.checked.items())
+        typer.echo(f"checked {checked}")
+        for problem in report.problems:
+            state = "repaired" if problem.repaired else "PROBLEM"
+            typer.echo(f"{state}: {problem.path}: {problem.message} -> {problem.fix}")
+        if not report.problems:
+            typer.echo("no problems found")
+    if report.outstanding:
+        raise typer.Exit(code=1)

@@ -17,6 +17,21 @@ from contextlib import contextmanager
 from pathlib import Path
 
 TEMPORARY_MARK = ".tmp-"
+# Crash testing: THREADS_SEARCH_CRASH_AT=N kills this process (SIGKILL) at its N-th write boundary.
+_CRASH_AT = int(os.environ.get("THREADS_SEARCH_CRASH_AT", "0") or 0)
+_boundaries_passed = 0
+
+
+def crash_point(label: str) -> None:
+    """A write boundary (before / after a rename, a commit, a publish): where crash tests kill."""
+    global _boundaries_passed
+    if not _CRASH_AT:
+        return
+    _boundaries_passed += 1
+    if _boundaries_passed == _CRASH_AT:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def temporary_sibling(path: Path) -> Path:
@@ -52,7 +67,9 @@ def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]
         yield temporary
         if durable and temporary.exists():
             fsync_path(temporary)
+        crash_point(f"before rename {path.name}")
         os.replace(temporary, path)
+        crash_point(f"after rename {path.name}")
     finally:
         if temporary.is_dir():
             shutil.rmtree(temporary, ignore_errors=True)
@@ -93,6 +110,16 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         yield temporary
         for child in temporary.iterdir():
             fsync_path(child)
+        crash_point(f"before rename {path.name}/")
         os.rename(temporary, path)
+        crash_point(f"after rename {path.name}/")
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+
+
+def file_checksum(path: str | os.PathLike) -> str:
+    """blake2b-128 of a file's bytes, as hex: recorded at write, verified by `check`."""
+    import hashlib
+
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, lambda: hashlib.blake2b(digest_size=16)).hexdigest()

@@ -11,7 +11,7 @@ import numpy as np
 from threads_search.atlas import layout
 from threads_search.atlas.parquet import read_atlas_parquet
 from threads_search.atlas.store import Atlas, utc_now
-from threads_search.atomic import atomic_path
+from threads_search.atomic import atomic_path, file_checksum
 
 
 def write_part(atlas: Atlas, model_id: str, modality: str, vids: np.ndarray, vectors: np.ndarray) -> str:
@@ -28,7 +28,8 @@ def write_part(atlas: Atlas, model_id: str, modality: str, vids: np.ndarray, vec
         pq.write_table(table, temporary)
     try:
         with atlas.transaction():
-            atlas.sql("INSERT INTO embeddings VALUES (?, ?, ?, ?, ?)", [model_id, modality, relative, len(vids), utc_now()])
+            atlas.sql("INSERT INTO embeddings (model_id, modality, part, n_vectors, created_at, checksum) "
+                      "VALUES (?, ?, ?, ?, ?, ?)", [model_id, modality, relative, len(vids), utc_now(), file_checksum(destination)])
     except BaseException:
         destination.unlink(missing_ok=True)
         raise

@@ -111,8 +111,10 @@ def _temporary_owner(path: Path) -> int | None:
         return None
 
 
-def collect_garbage(connection, root: Path) -> list[Path]:
-    """Delete what no retained generation references and temporaries of dead processes; returns them."""
+def collect_garbage(connection, root: Path, dry_run: bool = False) -> list[Path]:
+    """Delete what no retained generation references and temporaries of dead processes; returns them.
+
+    With `dry_run` nothing is deleted (what would be is returned)."""
     import duckdb
 
     referenced = referenced_files(connection)
@@ -145,14 +147,17 @@ def collect_garbage(connection, root: Path) -> list[Path]:
             elif relative in keep or _inside(relative, keep):
                 continue
             removed.append(path)
+            if dry_run:
+                continue
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
     for temporary in root.glob(f".*{TEMPORARY_MARK}*"):
         if _abandoned(temporary):
-            temporary.unlink(missing_ok=True)
             removed.append(temporary)
+            if not dry_run:
+                temporary.unlink(missing_ok=True)
     return removed
 
 

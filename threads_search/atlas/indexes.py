@@ -7,13 +7,16 @@ a record is written only after its files are in place.
 from __future__ import annotations
 
 from threads_search.atlas.store import Atlas, utc_now
+from threads_search.atomic import file_checksum
 
 
 def record_index(atlas: Atlas, model_id: str, modality: str, stem: str, sidecar: dict) -> None:
     """Record (or re-record) the index of (model, modality) whose files sit at `stem`."""
     with atlas.transaction():
-        atlas.sql("INSERT OR REPLACE INTO indexes VALUES (?, ?, ?, ?, ?, ?, ?)",
-                  [model_id, modality, stem, sidecar["kind"], int(sidecar["count"]), sidecar.get("recall_at_10"), utc_now()])
+        atlas.sql("INSERT OR REPLACE INTO indexes (model_id, modality, path, kind, n_vectors, recall_at_10, built_at, checksum) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                  [model_id, modality, stem, sidecar["kind"], int(sidecar["count"]), sidecar.get("recall_at_10"), utc_now(),
+                   file_checksum(atlas.path(stem + ".faiss"))])
 
 
 def forget_index(atlas: Atlas, model_id: str, modality: str) -> None:

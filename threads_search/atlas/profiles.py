@@ -9,7 +9,7 @@ import numpy as np
 from threads_search.atlas import layout
 from threads_search.atlas.parquet import read_atlas_parquet
 from threads_search.atlas.store import Atlas, utc_now
-from threads_search.atomic import atomic_path
+from threads_search.atomic import atomic_path, file_checksum
 from threads_search.readers.profiles import ProfileMatrix
 
 
@@ -38,9 +38,10 @@ def write_batch_file(atlas: Atlas, batch_id: str, profile: ProfileMatrix) -> str
 def record_batch(atlas: Atlas, batch_id: str, modality: str, profile: ProfileMatrix, fingerprint: str, relative: str,
                  scale: str, reason: str) -> None:
     """Record a written batch file (inside the caller's transaction)."""
-    atlas.sql("INSERT INTO profile_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
-        batch_id, modality, str(profile.path.resolve()), fingerprint, relative, profile.genes, scale, reason,
-        len(profile.sample_ids), utc_now()])
+    atlas.sql("INSERT INTO profile_batches (batch_id, modality, source, fingerprint, parquet, genes, scale, scale_reason, "
+              "n_samples, ingested_at, checksum) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+                  batch_id, modality, str(profile.path.resolve()), fingerprint, relative, profile.genes, scale, reason,
+                  len(profile.sample_ids), utc_now(), file_checksum(atlas.path(relative))])
 
 
 def record_samples(atlas: Atlas, modality: str, batch_id: str, samples: list[str], rows: list[int]) -> None:

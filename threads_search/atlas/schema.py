@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MODALITIES = ("slides", "expression", "mutations")
 PROFILE_MODALITIES = ("expression", "mutations")
 # Columns of `items` that belong to the atlas itself; metadata columns are added beside them.
@@ -98,8 +98,17 @@ CREATE TABLE prototypes (
 );
 """
 
-# version -> the statements that turn an atlas of that version into one of version + 1.
-MIGRATIONS: dict[int, Callable[[object], None]] = {}
+
+
+def _add_checksums(connection) -> None:
+    """2: content checksums of the atlas's own files, recorded at write and verified by `check`."""
+    for table in ("embeddings", "indexes", "profile_batches"):
+        connection.execute(f"ALTER TABLE {table} ADD COLUMN checksum VARCHAR")
+
+
+# version -> the change that turns an atlas of that version into one of version + 1. A new
+# atlas is made with SCHEMA (version 1) and then every migration, so both paths give one layout.
+MIGRATIONS: dict[int, Callable[[object], None]] = {1: _add_checksums}
 
 
 def migrate(connection, version: int) -> int:

@@ -22,7 +22,7 @@ import numpy as np
 from threads_search import __version__
 from threads_search.atlas.layout import DATABASE_NAME, FOLDERS
 from threads_search.atlas.schema import CORE_ITEM_COLUMNS, FORMAT_VERSION, SCHEMA, migrate
-from threads_search.atomic import temporary_sibling
+from threads_search.atomic import crash_point, temporary_sibling
 from threads_search.errors import AtlasBusyError, AtlasDamagedError, AtlasError
 
 # While a writer runs, what it has committed is published at most this often (and always at its end).
@@ -105,7 +105,9 @@ class Atlas:
             self.sql("ROLLBACK")
             self._cache.clear()
             raise
+        crash_point("before commit")
         self.sql("COMMIT")
+        crash_point("after commit")
         self._cache.clear()
         self._dirty = True
         if time.monotonic() - self._published_at > PUBLISH_INTERVAL_S:
@@ -218,8 +220,9 @@ def init_atlas(root: str | os.PathLike) -> Atlas:
     temporary = temporary_sibling(database)
     connection = duckdb.connect(str(temporary))
     connection.execute(SCHEMA)
-    connection.execute("INSERT INTO atlas_meta VALUES ('format_version', ?), ('created_at', ?), ('created_by', ?)",
-                       [str(FORMAT_VERSION), utc_now().isoformat(), f"threads-search {__version__}"])
+    connection.execute("INSERT INTO atlas_meta VALUES ('format_version', '1'), ('created_at', ?), ('created_by', ?)",
+                       [utc_now().isoformat(), f"threads-search {__version__}"])
+    migrate(connection, 1)
     connection.close()
     os.replace(temporary, database)
     return open_atlas(root)
