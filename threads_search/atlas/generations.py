@@ -45,7 +45,7 @@ def current_generation(root: Path) -> int:
     return int(current["generation"]) if current else 0
 
 
-def publish(connection, root: Path, command: str) -> int:
+def publish(connection, root: Path, command: str, commits: str) -> int:
     """Checkpoint the writer's database and publish a copy of it as the next generation."""
     connection.execute("CHECKPOINT")
     generation = current_generation(root) + 1
@@ -53,7 +53,7 @@ def publish(connection, root: Path, command: str) -> int:
     with atomic_path(root / relative) as temporary:
         shutil.copyfile(root / DATABASE_NAME, temporary)
     write_json_atomic(root / CURRENT_NAME, {"generation": generation, "database": relative,
-                                            "published_at": time.time(), "by": command})
+                                            "published_at": time.time(), "by": command, "commits": commits})
     return generation
 
 

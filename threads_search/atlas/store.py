@@ -105,6 +105,8 @@ class Atlas:
             self.sql("ROLLBACK")
             self._cache.clear()
             raise
+        self.sql("INSERT OR REPLACE INTO atlas_meta SELECT 'commits', CAST(coalesce(max(CAST(value AS BIGINT)), 0) + 1 "
+                 "AS VARCHAR) FROM atlas_meta WHERE key = 'commits'")
         crash_point("before commit")
         self.sql("COMMIT")
         crash_point("after commit")
@@ -119,7 +121,7 @@ class Atlas:
 
         if self.read_only:
             return
-        publish(self.connection, self.root, " ".join(["threads-search", *sys.argv[1:]])[:300])
+        publish(self.connection, self.root, " ".join(["threads-search", *sys.argv[1:]])[:300], self.meta("commits", "0"))
         self._dirty, self._published_at = False, time.monotonic()
 
     def refresh(self) -> bool:
@@ -186,7 +188,9 @@ class Atlas:
         from threads_search.atlas.generations import collect_garbage, read_current
 
         try:
-            if self._dirty or read_current(self.root) is None:
+            current = read_current(self.root)
+            # Also publish what a killed writer committed but never published.
+            if self._dirty or current is None or str(current.get("commits")) != self.meta("commits", "0"):
                 self.publish()
             if lock.holders_here(self.root) == 1:
                 collect_garbage(self.connection, self.root)
@@ -249,14 +253,15 @@ def open_atlas(root: str | os.PathLike, read_only: bool = False, lock_timeout: f
     try:
         connection = _connect(database, read_only=False)
         version = _format_version(connection, database)
-        if version < FORMAT_VERSION:
+        migrated = version < FORMAT_VERSION
+        if migrated:
             connection.execute("BEGIN TRANSACTION")
             migrate(connection, version)
             connection.execute("COMMIT")
     except BaseException:
         lock.release(root)
         raise
-    return Atlas(root=root, connection=connection, read_only=False)
+    return Atlas(root=root, connection=connection, read_only=False, _dirty=migrated)
 
 
 def _open_reader(root: Path) -> Atlas:
