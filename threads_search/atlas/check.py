@@ -51,15 +51,15 @@ def check_atlas(root: str | Path, repair: bool = False) -> CheckReport:
     """Verify (and with `repair`, mend) the atlas at `root`."""
     root = Path(root)
     report = CheckReport(root=root)
+    damage = _probe_database(root)
     if not repair:  # a reader: changes nothing, waits for no writer
-        _probe_database(root, report)
+        if damage:
+            report.problems.append(Problem(DATABASE_NAME, damage, f"threads-search check {root} --repair"))
         atlas = open_atlas(root, read_only=True)
     else:
-        try:
-            atlas = open_atlas(root)
-        except AtlasDamagedError as error:
-            _restore_database(root, report, str(error))
-            atlas = open_atlas(root)
+        if damage:
+            _restore_database(root, report, damage)
+        atlas = open_atlas(root)
     with atlas:
         _check_published(atlas, report, repair)
         _check_parts(atlas, report, repair)
@@ -73,17 +73,24 @@ def check_atlas(root: str | Path, repair: bool = False) -> CheckReport:
     return report
 
 
-def _probe_database(root: Path, report: CheckReport) -> None:
-    """Whether the writer's database opens (skipped while a writer holds it)."""
+def _probe_database(root: Path) -> str | None:
+    """What is wrong with the writer's database, read whole (None if sound, or while a writer holds it)."""
     import duckdb
 
     try:
-        duckdb.connect(str(root / DATABASE_NAME), read_only=True).close()
+        connection = duckdb.connect(str(root / DATABASE_NAME), read_only=True)
     except duckdb.Error as error:
         message = str(error).splitlines()[0]
-        if "lock" not in message.lower():
-            report.problems.append(Problem(DATABASE_NAME, f"not a readable atlas database ({message})",
-                                           f"threads-search check {root} --repair"))
+        return None if "lock" in message.lower() else f"not a readable atlas database ({message[:160]})"
+    try:
+        tables = [r[0] for r in connection.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
+        for table in tables:
+            connection.execute(f'SELECT * FROM "{table}"').fetchall()
+    except duckdb.Error as error:
+        return f"damaged ({str(error).splitlines()[0][:160]})"
+    finally:
+        connection.close()
+    return None
 
 
 def _restore_database(root: Path, report: CheckReport, reason: str) -> None:

@@ -7,6 +7,39 @@ from threads_search.errors import InputError
 from threads_search.readers.metadata_csv import MetadataTable
 
 
+def _condition(metadata: MetadataTable, modality: str | None) -> tuple[str, list]:
+    key = quote_identifier(metadata.key_column)
+    if metadata.key_column == "patient_id":
+        return f"items.patient_id = m.{key}", []
+    return f"items.item_id = m.{key} AND items.modality = ?", [modality]
+
+
+def metadata_changes(atlas: Atlas, metadata: MetadataTable, modality: str | None) -> tuple[int, int]:
+    """(rows the table matches, rows whose values it would change): a re-run that changes nothing writes nothing."""
+    import duckdb
+
+    value_columns = metadata.value_columns()
+    condition, parameters = _condition(metadata, modality)
+    with atlas.registered("incoming_metadata", metadata.table):
+        matched = atlas.sql(f"SELECT count(*) FROM items JOIN incoming_metadata AS m ON {condition}", parameters).fetchone()[0]
+        existing = set(atlas.item_columns())
+        if any(c not in existing for c in value_columns):
+            return int(matched), int(matched)
+        differs = " OR ".join(f"items.{quote_identifier(c)} IS DISTINCT FROM TRY_CAST(m.{quote_identifier(c)} AS "
+                              f"{_column_type(atlas, c)})" for c in value_columns) or "FALSE"
+        try:
+            changed = atlas.sql(f"SELECT count(*) FROM items JOIN incoming_metadata AS m ON {condition} WHERE {differs}",
+                                parameters).fetchone()[0]
+        except duckdb.Error:
+            changed = matched  # let the update itself report what does not fit
+    return int(matched), int(changed)
+
+
+def _column_type(atlas: Atlas, column: str) -> str:
+    return atlas.sql("SELECT data_type FROM duckdb_columns() WHERE table_name = 'items' AND column_name = ?",
+                     [column]).fetchone()[0]
+
+
 def apply_metadata(atlas: Atlas, metadata: MetadataTable, modality: str | None) -> int:
     """Copy metadata columns onto atlas items (inside the caller's transaction); returns rows matched.
 
@@ -31,13 +64,7 @@ def apply_metadata(atlas: Atlas, metadata: MetadataTable, modality: str | None) 
         for column in value_columns:
             target_type = existing.get(column, incoming_types[column])
             assignments.append(f"{quote_identifier(column)} = CAST(m.{quote_identifier(column)} AS {target_type})")
-        key = quote_identifier(metadata.key_column)
-        if metadata.key_column == "patient_id":
-            condition = f"items.patient_id = m.{key}"
-            parameters: list = []
-        else:
-            condition = f"items.item_id = m.{key} AND items.modality = ?"
-            parameters = [modality]
+        condition, parameters = _condition(metadata, modality)
         import duckdb
 
         try:

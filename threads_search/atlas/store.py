@@ -72,13 +72,26 @@ class Atlas:
 
     def sql(self, query: str, parameters: list | tuple | None = None) -> Rows:
         """Run one statement and materialise its rows (DuckDB refuses new work while a result is open)."""
-        cursor = self.connection.execute(query, parameters or [])
-        description = cursor.description
-        return Rows(cursor.fetchall() if description else [], [d[0] for d in description or []])
+        with self._damage_is_one_line():
+            cursor = self.connection.execute(query, parameters or [])
+            description = cursor.description
+            return Rows(cursor.fetchall() if description else [], [d[0] for d in description or []])
 
     def arrow(self, query: str, parameters: list | tuple | None = None):
         """One statement's result as a pyarrow Table."""
-        return self.connection.sql(query, params=parameters or None).to_arrow_table()
+        with self._damage_is_one_line():
+            return self.connection.sql(query, params=parameters or None).to_arrow_table()
+
+    @contextlib.contextmanager
+    def _damage_is_one_line(self) -> Iterator[None]:
+        import duckdb
+
+        try:
+            yield
+        except (duckdb.IOException, duckdb.InternalException, duckdb.SerializationException) as error:
+            database = DATABASE_NAME if not self.read_only else f"published generation {self.generation}"
+            raise AtlasDamagedError(f"{self.root / DATABASE_NAME if not self.read_only else self.root}: {database} is damaged "
+                                    f"({str(error).splitlines()[0][:160]}); run `threads-search check {self.root} --repair`") from None
 
     @contextlib.contextmanager
     def registered(self, name: str, table) -> Iterator[None]:
@@ -188,12 +201,13 @@ class Atlas:
         from threads_search.atlas.generations import collect_garbage, read_current
 
         try:
-            current = read_current(self.root)
-            # Also publish what a killed writer committed but never published.
-            if self._dirty or current is None or str(current.get("commits")) != self.meta("commits", "0"):
-                self.publish()
-            if lock.holders_here(self.root) == 1:
-                collect_garbage(self.connection, self.root)
+            with self._damage_is_one_line():
+                current = read_current(self.root)
+                # Also publish what a killed writer committed but never published.
+                if self._dirty or current is None or str(current.get("commits")) != self.meta("commits", "0"):
+                    self.publish()
+                if lock.holders_here(self.root) == 1:
+                    collect_garbage(self.connection, self.root)
         finally:
             self.connection.close()
             lock.release(self.root)
@@ -201,8 +215,12 @@ class Atlas:
     def __enter__(self) -> "Atlas":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            self.close()
+        except Exception:
+            if error is None:
+                raise  # otherwise the block's own error is the one to report
 
 
 def init_atlas(root: str | os.PathLike) -> Atlas:

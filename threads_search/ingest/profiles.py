@@ -12,7 +12,7 @@ from pathlib import Path
 
 from threads_search.atlas import layout
 from threads_search.atlas.items import upsert_items
-from threads_search.atlas.metadata import apply_metadata
+from threads_search.atlas.metadata import apply_metadata, metadata_changes
 from threads_search.atlas.profiles import batch_exists, batch_of_samples, record_batch, record_samples, write_batch_file
 from threads_search.atlas.store import Atlas
 from threads_search.errors import InputError
@@ -88,8 +88,11 @@ def _ingest_profiles(atlas: Atlas, modality: str, batches, metadata_csv, replace
                                                           f"in the atlas ({modality}) from another file")
         plans.append((profile, scale, reason, fingerprint, batch_id, new_rows))
     report.added = sum(len(rows) for *_, rows in plans) - report.replaced
-    if not report.added and not report.replaced and metadata is None:
-        return report
+    if not report.added and not report.replaced:
+        matched, changed = metadata_changes(atlas, metadata, modality) if metadata is not None else (0, 0)
+        if not changed:  # a re-run: nothing to write, so nothing is written
+            report.metadata_rows_matched = matched
+            return report
     written: list[str] = []
     try:
         for profile, _, _, _, batch_id, new_rows in plans:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from threads_search.atlas import layout
 from threads_search.atlas.items import upsert_items
-from threads_search.atlas.metadata import apply_metadata
+from threads_search.atlas.metadata import apply_metadata, metadata_changes
 from threads_search.atlas.slides import slide_fingerprints, write_slides
 from threads_search.atlas.store import Atlas
 from threads_search.atomic import copy_file_atomic
@@ -90,6 +90,9 @@ def ingest_slides(atlas: Atlas, feature_paths: list[str | os.PathLike], metadata
     chosen = plan_writes([i.slide_id for i in infos], [i.fingerprint for i in infos], existing, replace, report,
                          lambda k: f"{infos[k].path}: slide id '{infos[k].slide_id}' is already in the atlas from a different file")
     to_write = [infos[k] for k in chosen]
+    if not to_write and (metadata is None or not metadata_changes(atlas, metadata, "slides")[1]):
+        report.metadata_rows_matched = metadata_changes(atlas, metadata, "slides")[0] if metadata is not None else 0
+        return report  # a re-run: nothing to write, so nothing is written
 
     copied: list[Path] = []
     try:
