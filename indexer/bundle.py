@@ -59,6 +59,19 @@ class IndexBundle:
             self._sorted_ids = np.sort(faiss.vector_to_array(self.index.id_map))
         return self._sorted_ids
 
+    def keeps_vectors(self) -> bool:
+        """Whether `stored_vectors` can return the exact vectors (the kind stores them whole)."""
+        return bool(self.spec.keeps_vectors(self.sidecar.get("build_params", {})))
+
+    def stored_vectors(self, ids: np.ndarray) -> np.ndarray | None:
+        """(len(ids), dim) float32 exact vectors of held ids, or None for kinds that keep only codes."""
+        if not self.keeps_vectors():
+            return None
+        ivf = faiss.try_extract_index_ivf(self.index.index)
+        if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+            ivf.make_direct_map()  # once: 8 bytes per vector for O(1) reconstruction
+        return self.index.reconstruct_batch(np.asarray(ids, dtype=np.int64))
+
     def holds(self, ids: np.ndarray) -> np.ndarray:
         """(len(ids),) bool: which of `ids` are in the index."""
         return sorted_membership(np.asarray(ids, dtype=np.int64), self.sorted_ids())

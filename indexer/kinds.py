@@ -58,6 +58,8 @@ class IndexKindSpec:
     `max_growth * count_at_build` before the learned centroids stop describing the data.
     `exact_filter_below`: filters keeping a smaller fraction of the ids are answered by an
     exact scan of the allowed vectors, because the kind's filtered search loses recall there.
+    `keeps_vectors(build_params)`: the index holds the exact float32 vectors, so `reconstruct`
+    returns a stored vector as it was added (the query path then needs no other store).
     """
 
     name: str
@@ -77,6 +79,7 @@ class IndexKindSpec:
     tuning_ladder: Callable[[dict], tuple[int, ...]] = lambda params: ()
     max_growth: float | None = None
     exact_filter_below: float = 0.0
+    keeps_vectors: Callable[[dict], bool] = lambda params: False
 
     def factory_string(self, n: int, dim: int, max_memory_bytes: int | None = None) -> str:
         """faiss factory string for `n` vectors of dimension `dim`."""
@@ -152,6 +155,7 @@ register_kind(
         search_parameters=lambda sp, index, sel: (
             faiss.SearchParameters(sel=sel) if sel is not None else None
         ),
+        keeps_vectors=lambda p: True,
     )
 )
 
@@ -184,6 +188,7 @@ register_kind(
         # The graph walk meets mostly filtered-out nodes under a tight filter: recall@10 fell
         # to 0.85 at 1% and 0.94 at 2% of 20k clustered vectors, 0.998 at 5%.
         exact_filter_below=0.05,
+        keeps_vectors=lambda p: True,
     )
 )
 
@@ -215,6 +220,7 @@ register_kind(
         tuning_knob="nprobe",
         tuning_ladder=lambda p: _power_of_two_ladder(p["nlist"]),
         max_growth=2.0,
+        keeps_vectors=lambda p: True,
     )
 )
 
@@ -303,5 +309,6 @@ register_kind(
         tuning_knob="nprobe",
         tuning_ladder=lambda p: _power_of_two_ladder(p["nlist"]),
         max_growth=2.0,
+        keeps_vectors=lambda p: p["refine"] == "Flat",
     )
 )

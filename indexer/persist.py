@@ -47,9 +47,11 @@ def save_index(built: IndexBundle, path: str | os.PathLike) -> tuple[Path, Path]
     return index_path, sidecar_path
 
 
-def load_index(path: str | os.PathLike, device: str = "auto") -> LoadedIndex:
+def load_index(path: str | os.PathLike, device: str = "auto", mmap: bool = False) -> LoadedIndex:
     """Read `<path>.faiss` and its sidecar; place a search replica on the GPU if requested.
 
+    `mmap`: map flat vector storage from the file instead of reading it (loading takes
+    milliseconds; the index is then read-only: searches only, no adds).
     Raises IndexFileError (missing, unreadable or corrupt file, or a file that disagrees with
     its sidecar in kind, count, dimension or size) and DeviceError (gpu requested, none there).
     """
@@ -63,7 +65,8 @@ def load_index(path: str | os.PathLike, device: str = "auto") -> LoadedIndex:
             f"records {sidecar.get('index_file_bytes')}; {REBUILD_HINT}"
         )
     try:
-        index = faiss.read_index(str(index_path))
+        flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0
+        index = faiss.read_index(str(index_path), flags)
     except RuntimeError as error:
         raise IndexFileError(
             f"index file {index_path} is corrupt or unreadable ({_faiss_cause(error)}); "

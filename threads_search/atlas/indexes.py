@@ -26,8 +26,9 @@ def forget_index(atlas: Atlas, model_id: str, modality: str) -> None:
 
 def index_location(atlas: Atlas, model_id: str, modality: str) -> str | None:
     """The recorded stem (relative path without extension) of the index, or None."""
-    row = atlas.sql("SELECT path FROM indexes WHERE model_id = ? AND modality = ?", [model_id, modality]).fetchone()
-    return row[0] if row else None
+    stems = atlas.cached("index stems", lambda: {(m, mod): path for m, mod, path in
+                                                 atlas.sql("SELECT model_id, modality, path FROM indexes").fetchall()})
+    return stems.get((model_id, modality))
 
 
 def index_summaries(atlas: Atlas) -> list[dict]:

@@ -56,6 +56,9 @@ def count_items(atlas: Atlas, modality: str) -> int:
 
 def find_item(atlas: Atlas, item_id: str, modalities: Sequence[str]) -> list[tuple[int, str, str]]:
     """(vid, modality, patient_id) of every item with this id among `modalities`, by modality."""
+    lookup = warm_lookup(atlas)
+    if lookup is not None:
+        return lookup.find(item_id, modalities)
     rows = atlas.sql("SELECT vid, modality, patient_id FROM items WHERE item_id = ? AND list_contains(?, modality) "
                      "ORDER BY modality", [item_id, list(modalities)]).fetchall()
     return [(int(v), m, p) for v, m, p in rows]
@@ -83,6 +86,9 @@ def patient_by_item(atlas: Atlas, modality: str) -> dict[str, str]:
 
 def patient_vids(atlas: Atlas, modality: str, patient_id: str) -> np.ndarray:
     """Sorted vids of one patient's items of `modality`."""
+    lookup = atlas.peek("item lookup")  # built by find_item on a warm atlas
+    if lookup is not None:
+        return lookup.patient_vids(modality, patient_id)
     rows = atlas.sql("SELECT vid FROM items WHERE modality = ? AND patient_id = ? ORDER BY vid",
                      [modality, patient_id]).fetchall()
     return np.array([r[0] for r in rows], np.int64)
@@ -141,6 +147,9 @@ def item_metadata(atlas: Atlas, vids: Sequence[int]) -> dict[int, dict]:
 
     if len(vids) == 0:
         return {}
+    lookup = atlas.peek("item lookup")
+    if lookup is not None:
+        return lookup.metadata(vids)
     columns = [c for c in atlas.item_columns() if c != "vid"]
     selected = ", ".join(quote_identifier(c) for c in columns)
     with atlas.registered("hit_vids", pa.table({"vid": pa.array(np.asarray(vids, np.int64))})):
@@ -188,3 +197,58 @@ def delete_items(atlas: Atlas, vids: np.ndarray) -> dict[str, int]:
         atlas.sql("DELETE FROM items WHERE vid IN (SELECT vid FROM removed_vids)")
     atlas.invalidate()
     return {m: int(n) for m, n in counts.items()}
+
+
+class ItemLookup:
+    """In-memory lookups over one generation's items: by item id, by patient, metadata by vid.
+
+    Built from the items table once (about a second per million items), then every lookup is a
+    dict access or a binary search: what a warm atlas (the service, an API session) uses
+    instead of a scan per query.
+    """
+
+    def __init__(self, table) -> None:
+        import pyarrow.compute as pc
+
+        self.table = table.take(pc.sort_indices(table, [("vid", "ascending")]))
+        self.vids = self.table.column("vid").to_numpy(zero_copy_only=False).astype(np.int64)
+        self.modalities = np.asarray(self.table.column("modality").to_pylist(), dtype=object)
+        items = self.table.column("item_id").to_pylist()
+        patients = self.table.column("patient_id").to_pylist()
+        self._rows_of_item: dict[str, list[int]] = {}
+        for row, item in enumerate(items):
+            self._rows_of_item.setdefault(item, []).append(row)
+        self._rows_of_patient: dict[tuple[str, str], list[int]] = {}
+        for row, (patient, modality) in enumerate(zip(patients, self.modalities)):
+            self._rows_of_patient.setdefault((modality, patient), []).append(row)
+        self._patients = patients
+
+    def find(self, item_id: str, modalities: Sequence[str]) -> list[tuple[int, str, str]]:
+        rows = [r for r in self._rows_of_item.get(item_id, ()) if self.modalities[r] in modalities]
+        return sorted(((int(self.vids[r]), str(self.modalities[r]), self._patients[r]) for r in rows), key=lambda x: x[1])
+
+    def patient_vids(self, modality: str, patient_id: str) -> np.ndarray:
+        return self.vids[self._rows_of_patient.get((modality, patient_id), [])]
+
+    def metadata(self, vids: Sequence[int]) -> dict[int, dict]:
+        vids = np.asarray(vids, np.int64)
+        rows = np.searchsorted(self.vids, vids).clip(max=max(self.vids.size - 1, 0))
+        found = rows[self.vids[rows] == vids] if self.vids.size else rows[:0]
+        records = self.table.take(found).to_pylist()
+        return {record.pop("vid"): record for record in records}
+
+
+# An atlas builds the lookup at the second query of a generation: one-off commands (a CLI
+# search) never pay for it, sessions that query again get dict-speed lookups.
+WARM_AFTER_QUERIES = 2
+
+
+def warm_lookup(atlas: Atlas) -> ItemLookup | None:
+    """The generation's ItemLookup once the atlas is being queried repeatedly, else None."""
+    if atlas.read_only is False:
+        return None
+    uses = atlas.cached("lookup uses", lambda: [0])
+    uses[0] += 1
+    if uses[0] < WARM_AFTER_QUERIES:
+        return None
+    return atlas.cached("item lookup", lambda: ItemLookup(atlas.arrow("SELECT * FROM items")))

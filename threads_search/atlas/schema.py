@@ -100,15 +100,18 @@ CREATE TABLE prototypes (
 
 
 
-def _add_checksums(connection) -> None:
-    """2: content checksums of the atlas's own files, recorded at write and verified by `check`."""
+def _add_checksums_and_ranges(connection) -> None:
+    """2: content checksums of the atlas's own files, recorded at write and verified by `check`;
+    the vid range of each embedding part, so one stored vector is read from one part."""
     for table in ("embeddings", "indexes", "profile_batches"):
         connection.execute(f"ALTER TABLE {table} ADD COLUMN checksum VARCHAR")
+    connection.execute("ALTER TABLE embeddings ADD COLUMN min_vid BIGINT")
+    connection.execute("ALTER TABLE embeddings ADD COLUMN max_vid BIGINT")
 
 
 # version -> the change that turns an atlas of that version into one of version + 1. A new
 # atlas is made with SCHEMA (version 1) and then every migration, so both paths give one layout.
-MIGRATIONS: dict[int, Callable[[object], None]] = {1: _add_checksums}
+MIGRATIONS: dict[int, Callable[[object], None]] = {1: _add_checksums_and_ranges}
 
 
 def migrate(connection, version: int) -> int:

@@ -63,7 +63,8 @@ class Atlas:
     connection: "object"
     read_only: bool = False
     generation: int = 0  # the published generation a reader sees (0: the writer's live database)
-    _cache: dict = field(default_factory=dict, repr=False)
+    _cache: dict = field(default_factory=dict, repr=False)  # what was read from this generation's tables
+    _files: dict = field(default_factory=dict, repr=False)  # opened immutable files (indexes, parts): any generation
     _dirty: bool = field(default=False, repr=False)
     _published_at: float = field(default=0.0, repr=False)
 
@@ -147,7 +148,24 @@ class Atlas:
         self.connection.close()
         self.connection, self.generation = newer.connection, newer.generation
         self._cache.clear()
+        self._files.clear()  # indexes of the new generation are mapped again (milliseconds)
         return True
+
+    def cached(self, key, build):
+        """`build()` once per generation of the tables (forgotten when they change)."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    def peek(self, key):
+        """What `cached` holds for `key` in this generation, or None (nothing is built)."""
+        return self._cache.get(key)
+
+    def cached_file(self, key, build):
+        """`build()` once per opened atlas, for files that never change once recorded (named by content)."""
+        if key not in self._files:
+            self._files[key] = build()
+        return self._files[key]
 
     def invalidate(self) -> None:
         """Forget what was read (columns, id sets, filter results): the tables changed."""

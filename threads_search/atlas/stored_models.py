@@ -45,7 +45,8 @@ def store_models(atlas: Atlas, models: list[tuple[object, dict | None]]) -> list
 
 def list_models(atlas: Atlas) -> list[tuple[str, str]]:
     """(model_id, recipe) of every stored model, newest first."""
-    return [tuple(r) for r in atlas.sql("SELECT model_id, recipe FROM models ORDER BY created_at DESC, model_id").fetchall()]
+    return atlas.cached("models", lambda: [tuple(r) for r in atlas.sql(
+        "SELECT model_id, recipe FROM models ORDER BY created_at DESC, model_id").fetchall()])
 
 
 def model_summaries(atlas: Atlas) -> list[dict]:

@@ -306,7 +306,7 @@ def check_where(atlas: "Atlas", where_sql: "str | Where | None", option: str = "
     """The validated filter for this atlas's columns (a `Where` passes through)."""
     if isinstance(where_sql, Where) or where_sql is None:
         return where_sql
-    return parse_where(where_sql, atlas.filter_columns(), option)
+    return atlas.cached(("where", where_sql, option), lambda: parse_where(where_sql, atlas.filter_columns(), option))
 
 
 def matching_vids(atlas: "Atlas", modality: str, where_sql: "str | Where | None", option: str = "--where") -> np.ndarray:

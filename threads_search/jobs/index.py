@@ -112,7 +112,9 @@ def open_index(atlas: Atlas, model_id: str, modality: str, device: str = "auto")
     stem = index_location(atlas, model_id, modality)
     if stem is None:
         raise AtlasError(f"no {modality} index for model {model_id}; run `threads-search index {atlas.root} --model {model_id}`")
-    loaded = load_index(atlas.path(stem), device=device)
+    # Index files never change once recorded: an opened atlas loads each once (mapped, for readers).
+    loaded = atlas.cached_file(("index", stem, device),
+                               lambda: load_index(atlas.path(stem), device=device, mmap=atlas.read_only))
     recorded = loaded.sidecar.get("model_id")
     if recorded != model_id:
         from threads_search.errors import ModelMismatchError

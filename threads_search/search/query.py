@@ -119,10 +119,19 @@ def _sample_item(atlas: Atlas, sample_id: str, modality: str | None) -> tuple[in
 
 
 def _stored_or_encoded(atlas: Atlas, model: _LazyModel, vid: int, modality: str, encode) -> np.ndarray:
-    from threads_search.atlas.embeddings import load_embeddings
+    """An item's stored vector: from its modality's index when that keeps exact vectors (O(1), in
+    memory), else one row group of the embedding store, else encoded now."""
+    from threads_search.atlas.embeddings import stored_vector
+    from threads_search.atlas.indexes import index_location
 
-    ids, vectors = load_embeddings(atlas, model.model_id, modality, [vid])
-    return vectors[0] if ids.size else encode()
+    if index_location(atlas, model.model_id, modality) is not None:
+        index = open_index(atlas, model.model_id, modality)
+        if index.holds(np.array([vid]))[0]:
+            vectors = index.stored_vectors(np.array([vid]))
+            if vectors is not None:
+                return vectors[0]
+    vector = stored_vector(atlas, model.model_id, modality, vid)
+    return vector if vector is not None else encode()
 
 
 def resolve_query(atlas: Atlas, model: _LazyModel, query: Query) -> ResolvedQuery:
@@ -279,6 +288,8 @@ def default_label(atlas: Atlas, requested: str | None) -> str | None:
 def search_atlas(atlas: Atlas, query: Query, options: SearchOptions) -> SearchResult:
     """Run one query against the index of `options.target`."""
     from threads_search.indexer import search
+    from threads_search.indexer.bundle import sorted_membership
+    from threads_search.indexer.id_filter import IdFilter
 
     if options.target not in MODALITIES:
         raise InputError(f"--target {options.target}: expected one of {', '.join(MODALITIES)}")
@@ -292,12 +303,13 @@ def search_atlas(atlas: Atlas, query: Query, options: SearchOptions) -> SearchRe
     notes = list(resolved.notes)
     allowed = None
     if where is not None:
-        allowed = atlas.filter_vids(where, options.target)
+        allowed = atlas.cached(("id filter", where.statement, options.target),
+                               lambda: IdFilter(atlas.filter_vids(where, options.target)))
         if allowed.size == 0:
             raise InputError(f"--where \"{options.where}\" matches no {options.target}")
     excluded = _excluded_vids(atlas, resolved, options, index)
-    candidates = (index.sorted_ids() if allowed is None else allowed[index.holds(allowed)])
-    n_candidates = int(np.setdiff1d(candidates, excluded).size)
+    candidates = index.sorted_ids() if allowed is None else allowed.within(index)
+    n_candidates = int(candidates.size - sorted_membership(excluded, candidates).sum())
     if options.k > n_candidates:
         notes.append(f"only {n_candidates} {options.target} can be returned (k = {options.k})")
     found = []
@@ -318,7 +330,9 @@ def search_atlas(atlas: Atlas, query: Query, options: SearchOptions) -> SearchRe
 def _excluded_vids(atlas: Atlas, resolved: ResolvedQuery, options: SearchOptions, index) -> np.ndarray:
     """Ids the search must not return: the query itself, its patient's items, and ids the index
     still holds for items removed or replaced since it was built."""
-    parts = [np.setdiff1d(index.sorted_ids(), atlas.modality_vids(options.target), assume_unique=True)]
+    stale = atlas.cached(("stale ids", id(index), options.target),
+                         lambda: np.setdiff1d(index.sorted_ids(), atlas.modality_vids(options.target), assume_unique=True))
+    parts = [stale]
     if resolved.exclude_vid is not None:
         parts.append(np.array([resolved.exclude_vid], np.int64))  # the query itself is never its own hit
     patient = resolved.info.get("patient_id")
