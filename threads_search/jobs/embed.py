@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from threads_search.atlas.embeddings import embedded_vids, write_part
+from threads_search.atlas.embeddings import MAX_PARTS, compact, embedded_vids, part_count, write_part
 from threads_search.atlas.items import count_items, vid_by_item
 from threads_search.atlas.profiles import load_profiles
-from threads_search.atlas.schema import PROFILE_MODALITIES
+from threads_search.atlas.schema import MODALITIES, PROFILE_MODALITIES
 from threads_search.atlas.slides import load_slide_bag, slide_records
 from threads_search.atlas.store import Atlas
 from threads_search.atlas.stored_models import load_atlas_model
@@ -29,6 +29,7 @@ class EmbedReport:
     embedded: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    compacted: dict[str, int] = field(default_factory=dict)  # modality -> parts after compaction
 
 
 def embed_atlas(atlas: Atlas, model_id: str, progress: Progress | None = None) -> EmbedReport:
@@ -41,6 +42,9 @@ def embed_atlas(atlas: Atlas, model_id: str, progress: Progress | None = None) -
             _embed_profiles(atlas, model, model_id, modality, report)
         elif count_items(atlas, modality):
             report.notes.append(f"model {model_id} has no {modality} encoder; {modality} profiles not embedded")
+    for modality in MODALITIES:  # keep the part count bounded, so one stored vector is one small read
+        if part_count(atlas, model_id, modality) > MAX_PARTS:
+            report.compacted[modality] = compact(atlas, model_id, modality)
     return report
 
 

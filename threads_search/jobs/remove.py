@@ -60,12 +60,12 @@ def remove_items(atlas: Atlas, where_sql: str | None = None, ids: list[str] | No
     else:
         where = check_where(atlas, where_sql)
         vids = np.concatenate([atlas.filter_vids(where, m) for m in modalities])
-    if vids.size == 0:
-        return report
-    with atlas.transaction():
-        report.removed = delete_items(atlas, vids)
+    if vids.size:
+        with atlas.transaction():
+            report.removed = delete_items(atlas, vids)
     from threads_search.jobs.index import build_atlas_indexes
 
+    # Also when nothing was left to delete: a re-run after an interruption finishes the indexes.
     for model_id in indexed_models(atlas):
         index_report = build_atlas_indexes(atlas, model_id)
         report.notes += index_report.notes
