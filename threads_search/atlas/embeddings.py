@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from threads_search.atlas import layout
+from threads_search.atlas.arrow import float32_matrix, int64_column
 from threads_search.atlas.parquet import read_atlas_parquet
 from threads_search.atlas.store import Atlas, utc_now
 from threads_search.atomic import atomic_path, file_checksum
@@ -96,12 +97,11 @@ def load_embeddings(atlas: Atlas, model_id: str, modality: str, vids=None) -> tu
             first = np.searchsorted(wanted, low)
             if first >= wanted.size or wanted[first] > high:
                 continue  # no wanted id in this part's range
-            ids = read_atlas_parquet(atlas, name, "embedding part", ["vid"]).column("vid").to_numpy()
+            ids = int64_column(read_atlas_parquet(atlas, name, "embedding part", ["vid"]), "vid")
             keep = np.isin(ids, wanted)
             if not keep.any():
                 continue
-            column = read_atlas_parquet(atlas, name, "embedding part", ["vector"]).column("vector").combine_chunks()
-            vectors = column.flatten().to_numpy().reshape(len(ids), column.type.list_size)
+            vectors = float32_matrix(read_atlas_parquet(atlas, name, "embedding part", ["vector"]).column("vector"))
             all_ids.append(ids[keep])
             all_vectors.append(vectors[keep])
     if not all_ids:
@@ -129,12 +129,10 @@ def stored_vector(atlas: Atlas, model_id: str, modality: str, vid: int) -> np.nd
             if statistics is not None and statistics.has_min_max and not (statistics.min <= vid <= statistics.max):
                 continue
             table = handle.read_row_group(group, columns=["vid", "vector"])
-            ids = table.column("vid").to_numpy()
+            ids = int64_column(table, "vid")
             row = int(np.searchsorted(ids, vid))
             if row < ids.size and ids[row] == vid:
-                column = table.column("vector").combine_chunks()
-                return np.asarray(column.flatten().to_numpy()[row * column.type.list_size:(row + 1) * column.type.list_size],
-                                  dtype=np.float32)
+                return float32_matrix(table.column("vector").slice(row, 1))[0]
     return None
 
 

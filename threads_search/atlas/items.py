@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from threads_search.atlas.arrow import int64_column
 from threads_search.atlas.store import Atlas, quote_identifier
 from threads_search.errors import InputError
 
@@ -136,15 +137,13 @@ def item_table(atlas: Atlas, modality: str, vids: np.ndarray | None = None, colu
         selected = pa.table({"vid": pa.array(np.asarray(vids, np.int64))})
         with atlas.registered("selected_vids", selected):
             table = atlas.arrow(base + " AND vid IN (SELECT vid FROM selected_vids) ORDER BY vid", [modality])
-    return ItemTable(vids=table.column("vid").to_numpy(zero_copy_only=False).astype(np.int64),
+    return ItemTable(vids=int64_column(table, "vid"),
                      item_ids=table.column("item_id").to_pylist(), patient_ids=table.column("patient_id").to_pylist(),
                      values={c: table.column(f"value_{i}").to_pylist() for i, c in enumerate(columns)})
 
 
 def item_metadata(atlas: Atlas, vids: Sequence[int]) -> dict[int, dict]:
-    """Every column of the items with these vids (except vid itself), keyed by vid."""
-    import pyarrow as pa
-
+    """Every column of the items with these vids (except vid itself), keyed by vid (a few: hits)."""
     if len(vids) == 0:
         return {}
     lookup = atlas.peek("item lookup")
@@ -152,8 +151,9 @@ def item_metadata(atlas: Atlas, vids: Sequence[int]) -> dict[int, dict]:
         return lookup.metadata(vids)
     columns = [c for c in atlas.item_columns() if c != "vid"]
     selected = ", ".join(quote_identifier(c) for c in columns)
-    with atlas.registered("hit_vids", pa.table({"vid": pa.array(np.asarray(vids, np.int64))})):
-        rows = atlas.sql(f"SELECT vid, {selected} FROM items WHERE vid IN (SELECT vid FROM hit_vids)").fetchall()
+    # A list parameter, not a registered Arrow table: building one would import pandas (~0.3 s) on a cold search.
+    rows = atlas.sql(f"SELECT vid, {selected} FROM items WHERE vid IN (SELECT unnest(?::BIGINT[]))",
+                     [[int(v) for v in vids]]).fetchall()
     return {row[0]: dict(zip(columns, row[1:])) for row in rows}
 
 
@@ -211,7 +211,7 @@ class ItemLookup:
         import pyarrow.compute as pc
 
         self.table = table.take(pc.sort_indices(table, [("vid", "ascending")]))
-        self.vids = self.table.column("vid").to_numpy(zero_copy_only=False).astype(np.int64)
+        self.vids = int64_column(self.table, "vid")
         self.modalities = np.asarray(self.table.column("modality").to_pylist(), dtype=object)
         items = self.table.column("item_id").to_pylist()
         patients = self.table.column("patient_id").to_pylist()

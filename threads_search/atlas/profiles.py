@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from threads_search.atlas import layout
+from threads_search.atlas.arrow import float32_matrix
 from threads_search.atlas.parquet import read_atlas_parquet
 from threads_search.atlas.store import Atlas, utc_now
 from threads_search.atomic import atomic_path, file_checksum
@@ -84,8 +85,7 @@ def load_profiles(atlas: Atlas, modality: str, sample_ids: list[str] | None = No
         if not rows:
             continue
         table = read_atlas_parquet(atlas, relative, "profile batch")
-        values = np.asarray(table.column("values").combine_chunks().flatten().to_numpy(), dtype=np.float32)
-        values = values.reshape(table.num_rows, len(genes))
+        values = float32_matrix(table.column("values"))
         indices = np.array([r for _, r in rows], dtype=np.int64)
         matrices.append(ProfileMatrix(path=atlas.path(relative), sample_ids=[s for s, _ in rows], genes=list(genes),
                                       values=values[indices], scale=scale))

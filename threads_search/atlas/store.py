@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from threads_search import __version__
+from threads_search.atlas.arrow import int64_column
 from threads_search.atlas.layout import DATABASE_NAME, FOLDERS
 from threads_search.atlas.schema import CORE_ITEM_COLUMNS, FORMAT_VERSION, SCHEMA, migrate
 from threads_search.atomic import crash_point, temporary_sibling
@@ -196,7 +197,7 @@ class Atlas:
         key = ("vids", modality)
         if key not in self._cache:
             table = self.arrow("SELECT vid FROM items WHERE modality = ? ORDER BY vid", [modality])
-            self._cache[key] = table.column("vid").to_numpy(zero_copy_only=False).astype(np.int64)
+            self._cache[key] = int64_column(table, "vid")
         return self._cache[key]
 
     def filter_vids(self, where, modality: str) -> np.ndarray:

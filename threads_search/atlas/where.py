@@ -297,7 +297,9 @@ def evaluate_where(where: Where, items: "pa.Table", column_names: Sequence[str])
             raise InputError(f"{where.describe()}: {first_line} (columns: {', '.join(column_names)})") from None
     finally:
         connection.close()
-    vids = result.column("vid").to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    from threads_search.atlas.arrow import int64_column
+
+    vids = int64_column(result, "vid")
     modalities = np.asarray(result.column("modality").to_pylist(), dtype=object)
     return vids, modalities
 

@@ -106,7 +106,7 @@ def _numeric_matrix(path: Path, table, row_names: list[str], value_columns: list
                 except (TypeError, ValueError):
                     where = f"gene {row_names[row]}, sample column {name}" if genes_as_rows else f"row {row + 2} (sample {row_names[row]}), column {name}"
                     raise InputError(f"{path}: {where}: '{value}' is not a number") from None
-        array = np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
+        array = np.asarray(column.combine_chunks().to_numpy(zero_copy_only=False), dtype=np.float64)
         if not np.isfinite(array).all():
             row = int(np.argwhere(~np.isfinite(array))[0][0])
             where = f"gene {row_names[row]}, sample column {name}" if genes_as_rows else f"row {row + 2} (sample {row_names[row]}), column {name}"
