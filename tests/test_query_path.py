@@ -165,3 +165,42 @@ def test_bitmap_and_hash_selectors_select_the_same(one_faiss_thread):
         expected = (chosen[np.argsort(-brute, axis=0, kind="stable")[:10]].T) * scale
         np.testing.assert_array_equal(ids_a, expected)
         np.testing.assert_array_equal(ids_b, ids_a)
+
+
+def test_a_batch_of_queries_equals_the_queries_one_by_one(built):
+    from threads_search.api import Query, SearchOptions, open_atlas, search_atlas, search_many
+    from threads_search.atlas.items import item_table
+
+    options = SearchOptions(k=6, where="cohort = 'heldout'")
+    with open_atlas(built["atlas"], read_only=True) as atlas:
+        queries = [Query(slide_id=s) for s in item_table(atlas, "slides").item_ids[:15]]
+        batch = search_many(atlas, queries, options)
+        single = [search_atlas(atlas, q, options) for q in queries]
+    # the same hits; scores agree to float32 rounding (a batched matrix product sums in another order)
+    assert [[h["id"] for h in r.hits] for r in batch] == [[h["id"] for h in r.hits] for r in single]
+    for got, want in zip(batch, single):
+        np.testing.assert_allclose([h["score"] for h in got.hits], [h["score"] for h in want.hits], atol=2e-6)
+
+
+def test_equal_scores_are_ordered_by_vector_id(built, tmp_path):
+    """Duplicated slides score the same: they come back lowest vid first, as the evaluator ranks them."""
+    import shutil
+
+    from threads_search.api import Query, SearchOptions, open_atlas, search_atlas
+
+    features = tmp_path / "features"
+    features.mkdir()
+    source = sorted(built["cohort"].features_dir.glob("*.h5"))
+    for copy_number in range(4):  # four identical copies of one slide, different ids and patients
+        shutil.copy(source[0], features / f"DUP-{copy_number}.h5")
+    atlas_path = tmp_path / "atlas"
+    shutil.copytree(built["atlas"], atlas_path)
+    assert cli("ingest", "slides", atlas_path, features).exit_code == 0
+    assert cli("embed", atlas_path, "--model", built["model"]).exit_code == 0
+    assert cli("index", atlas_path, "--model", built["model"]).exit_code == 0
+    with open_atlas(atlas_path, read_only=True) as atlas:
+        hits = search_atlas(atlas, Query(slide_id="DUP-0"), SearchOptions(k=3, model_id=built["model"])).hits
+        tied = (source[0].stem, "DUP-1", "DUP-2", "DUP-3")  # the original slide holds the same features
+        vid_of = {h: atlas.sql("SELECT vid FROM items WHERE item_id = ?", [h]).fetchone()[0] for h in tied}
+    assert [h["id"] for h in hits] == sorted(vid_of, key=vid_of.get)[:3]
+    assert len({h["score"] for h in hits}) == 1

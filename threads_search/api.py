@@ -14,11 +14,11 @@ from threads_search.ingest.profiles import ingest_expression, ingest_mutations
 from threads_search.ingest.slides import ingest_slides
 from threads_search.atlas.stored_models import resolve_model_id
 from threads_search.search.prototypes import build_prototypes, classify_slides
-from threads_search.search.query import Query, SearchOptions, SearchResult, search_atlas
+from threads_search.search.query import Query, SearchOptions, SearchResult, search_atlas, search_many
 from threads_search.training.job import train_atlas_model
 
 __all__ = [
     "Query", "SearchOptions", "SearchResult", "atlas_info", "build_atlas_indexes", "build_prototypes", "classify_slides",
     "embed_atlas", "evaluate_atlas", "fewshot_atlas", "ingest_expression", "ingest_mutations", "ingest_slides",
-    "init_atlas", "open_atlas", "resolve_model_id", "search_atlas", "train_atlas_model", "write_evaluation",
+    "init_atlas", "open_atlas", "resolve_model_id", "search_atlas", "search_many", "train_atlas_model", "write_evaluation",
 ]

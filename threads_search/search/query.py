@@ -285,8 +285,22 @@ def default_label(atlas: Atlas, requested: str | None) -> str | None:
     return next((c for c in DEFAULT_LABEL_COLUMNS if c in columns), None)
 
 
+# Candidates fetched beyond k so that equal scores at the k-th place are broken by vid, as eval does.
+TIE_MARGIN = 8
+SCORE_DECIMALS = 6
+
+
 def search_atlas(atlas: Atlas, query: Query, options: SearchOptions) -> SearchResult:
     """Run one query against the index of `options.target`."""
+    return search_many(atlas, [query], options)[0]
+
+
+def search_many(atlas: Atlas, queries: list[Query], options: SearchOptions) -> list[SearchResult]:
+    """Run several queries with the same options against one index, in one FAISS call.
+
+    Each query keeps its own exclusions (itself, its patient); equal scores are ordered by
+    vector id, lower first.
+    """
     from threads_search.indexer import search
     from threads_search.indexer.bundle import sorted_membership
     from threads_search.indexer.id_filter import IdFilter
@@ -299,32 +313,40 @@ def search_atlas(atlas: Atlas, query: Query, options: SearchOptions) -> SearchRe
     model_id = resolve_model_id(atlas, options.model_id)
     label = default_label(atlas, options.label)
     index = open_index(atlas, model_id, options.target, options.device)
-    resolved = resolve_query(atlas, _LazyModel(atlas, model_id), query)
-    notes = list(resolved.notes)
+    model = _LazyModel(atlas, model_id)
+    resolved = [resolve_query(atlas, model, query) for query in queries]
     allowed = None
     if where is not None:
         allowed = atlas.cached(("id filter", where.statement, options.target),
                                lambda: IdFilter(atlas.filter_vids(where, options.target)))
         if allowed.size == 0:
             raise InputError(f"--where \"{options.where}\" matches no {options.target}")
-    excluded = _excluded_vids(atlas, resolved, options, index)
     candidates = index.sorted_ids() if allowed is None else allowed.within(index)
-    n_candidates = int(candidates.size - sorted_membership(excluded, candidates).sum())
-    if options.k > n_candidates:
-        notes.append(f"only {n_candidates} {options.target} can be returned (k = {options.k})")
-    found = []
-    if n_candidates:
-        scores, ids = search(index, resolved.vector[None, :], min(options.k, n_candidates), allowed_ids=allowed,
-                             exclude_ids=[excluded] if excluded.size else None)
-        found = [(int(v), float(s)) for v, s in zip(ids[0], scores[0]) if v >= 0]
-    metadata = hit_rows(atlas, [v for v, _ in found])
-    hits = []
-    for rank, (vid, score) in enumerate(((v, s) for v, s in found if v in metadata), start=1):
-        row = metadata[vid]
-        hits.append({"rank": rank, "id": row.pop("item_id"), "modality": row.pop("modality"),
-                     "patient_id": row.pop("patient_id"), "score": round(score, 6), **_plain(row)})
-    query_info = dict(resolved.info, model_id=model_id, target=options.target, k=options.k, where=options.where)
-    return SearchResult(query=query_info, hits=hits, label=label, notes=notes)
+    excluded = [_excluded_vids(atlas, r, options, index) for r in resolved]
+    available = [int(candidates.size - sorted_membership(e, candidates).sum()) for e in excluded]
+    fetch = min(options.k + TIE_MARGIN, max(available, default=0))
+    found: list[list[tuple[int, float]]] = [[] for _ in resolved]
+    if fetch:
+        scores, ids = search(index, np.stack([r.vector for r in resolved]), fetch, allowed_ids=allowed,
+                             exclude_ids=[e if e.size else None for e in excluded])
+        for row in range(len(resolved)):
+            pairs = [(int(v), float(s)) for v, s in zip(ids[row], scores[row]) if v >= 0]
+            # Scores equal to the printed precision are ties, whatever their last float bits: lower vid first.
+            found[row] = sorted(pairs, key=lambda pair: (-round(pair[1], SCORE_DECIMALS), pair[0]))[:options.k]
+    metadata = hit_rows(atlas, sorted({v for pairs in found for v, _ in pairs}))
+    results = []
+    for query_resolved, pairs, n_available in zip(resolved, found, available):
+        notes = list(query_resolved.notes)
+        if options.k > n_available:
+            notes.append(f"only {n_available} {options.target} can be returned (k = {options.k})")
+        hits = []
+        for rank, (vid, score) in enumerate(((v, s) for v, s in pairs if v in metadata), start=1):
+            row = dict(metadata[vid])
+            hits.append({"rank": rank, "id": row.pop("item_id"), "modality": row.pop("modality"),
+                         "patient_id": row.pop("patient_id"), "score": round(score, SCORE_DECIMALS), **_plain(row)})
+        query_info = dict(query_resolved.info, model_id=model_id, target=options.target, k=options.k, where=options.where)
+        results.append(SearchResult(query=query_info, hits=hits, label=label, notes=notes))
+    return results
 
 
 def _excluded_vids(atlas: Atlas, resolved: ResolvedQuery, options: SearchOptions, index) -> np.ndarray:
