@@ -62,7 +62,10 @@ CREATE TABLE slides (
     patch_size_level0 INTEGER,
     magnification DOUBLE,
     attrs VARCHAR,                   -- JSON of the file's attributes
-    ingested_at TIMESTAMP NOT NULL
+    ingested_at TIMESTAMP NOT NULL,
+    wsi_path VARCHAR,                -- the raw slide (absolute), when known; see atlas/slide_images.py
+    thumbnail_path VARCHAR,          -- a whole-slide picture (absolute), when known
+    thumbnail_downsample DOUBLE      -- level-0 px per thumbnail px
 );
 CREATE TABLE profile_batches (
     batch_id VARCHAR PRIMARY KEY,

@@ -15,7 +15,9 @@ from pathlib import Path
 from threads_search.atlas.store import Atlas, safe_file_name, upsert_items, utc_now
 from threads_search.errors import InputError
 from threads_search.readers.patch_features import FeatureFileInfo, expand_feature_paths, inspect_feature_file
+from threads_search.atlas.slide_images import ensure_slide_image_columns, record_slide_images
 from threads_search.ingest.plan import IngestReport, plan_writes
+from threads_search.ingest.slide_images import find_slide_images
 from threads_search.ingest.metadata import apply_metadata, coverage_warnings, read_metadata_csv
 
 Progress = Callable[[int, int, str], None]
@@ -65,13 +67,19 @@ def _copy_into_atlas(atlas: Atlas, info: FeatureFileInfo) -> str:
 
 def ingest_slides(atlas: Atlas, feature_paths: list[str | os.PathLike], metadata_csv: str | os.PathLike | None = None,
                   copy: bool = False, replace: bool = False, strict: bool = False,
-                  progress: Progress | None = None) -> IngestReport:
-    """Validate feature files, then record them (and their metadata) in one transaction."""
+                  progress: Progress | None = None, wsi_dir: str | os.PathLike | None = None) -> IngestReport:
+    """Validate feature files, then record them (and their metadata) in one transaction.
+
+    `wsi_dir` pairs slides with raw slide files by name (see `ingest.slide_images`), for
+    every given file, including those already in the atlas.
+    """
     report = IngestReport()
     paths = expand_feature_paths(list(feature_paths))
     metadata = read_metadata_csv(metadata_csv, "slide_id") if metadata_csv else None
     infos = _inspect_all(paths, progress)
     _check_consistent(atlas, infos)
+    images, image_warnings = find_slide_images(infos, Path(wsi_dir) if wsi_dir is not None else None)
+    report.warnings += image_warnings
 
     patient_of: dict[str, str] = {}
     sample_of: dict[str, str | None] = {}
@@ -97,7 +105,9 @@ def ingest_slides(atlas: Atlas, feature_paths: list[str | os.PathLike], metadata
                 stored_paths.append(_copy_into_atlas(atlas, info) if copy else str(info.path))
                 if copy:
                     copied.append(atlas.path(stored_paths[-1]))
+            ensure_slide_image_columns(atlas)
             _write_slides(atlas, to_write, stored_paths, copy)
+            record_slide_images(atlas, images)
             upsert_items(atlas, "slides", [i.slide_id for i in to_write], [patient_of.get(i.slide_id) for i in to_write],
                          [sample_of.get(i.slide_id) for i in to_write])
             if infos:
@@ -138,6 +148,6 @@ def _write_slides(atlas: Atlas, infos: list[FeatureFileInfo], stored_paths: list
     atlas.connection.register("incoming_slides", incoming)
     try:
         atlas.sql("DELETE FROM slides WHERE slide_id IN (SELECT slide_id FROM incoming_slides)")
-        atlas.sql("INSERT INTO slides SELECT * FROM incoming_slides")
+        atlas.sql("INSERT INTO slides BY NAME SELECT * FROM incoming_slides")
     finally:
         atlas.connection.unregister("incoming_slides")

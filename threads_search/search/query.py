@@ -47,6 +47,11 @@ class Query:
 
 @dataclass
 class SearchOptions:
+    """How to search. `where` is a SQL filter over metadata and `facets` a selection of values per
+    metadata column (`{"site": ["site1", "site2"]}`); both narrow the candidates inside the
+    search. `one_per_patient` keeps each patient's best hit only (exact: the search fetches
+    more until k patients are found or the candidates run out)."""
+
     target: str = "slides"
     k: int = 10
     where: str | None = None
@@ -54,6 +59,8 @@ class SearchOptions:
     model_id: str | None = None
     label: str | None = None
     device: str = "auto"
+    facets: dict[str, list[str | None]] | None = None
+    one_per_patient: bool = False
 
 
 @dataclass
@@ -273,8 +280,6 @@ def default_label(atlas: Atlas, requested: str | None) -> str | None:
 
 def search_atlas(atlas: Atlas, query: Query, options: SearchOptions) -> SearchResult:
     """Run one query against the index of `options.target`."""
-    from threads_search.indexer import search
-
     if options.target not in MODALITIES:
         raise InputError(f"--target {options.target}: expected one of {', '.join(MODALITIES)}")
     if options.k < 1:
@@ -284,19 +289,15 @@ def search_atlas(atlas: Atlas, query: Query, options: SearchOptions) -> SearchRe
     index = open_index(atlas, model_id, options.target, options.device)
     resolved = resolve_query(atlas, _LazyModel(atlas, model_id), query)
     notes = list(resolved.notes)
-    allowed = None
-    if options.where:
-        allowed = np.array(matching_vids(atlas, options.target, options.where), np.int64)
-        if allowed.size == 0:
-            raise InputError(f"--where \"{options.where}\" matches no {options.target}")
+    allowed = _allowed_vids(atlas, options)
     excluded = _excluded_vids(atlas, resolved, options)
     candidates = (index.sorted_ids() if allowed is None else allowed[index.holds(allowed)])
     n_candidates = int(np.setdiff1d(candidates, excluded).size)
     if options.k > n_candidates:
         notes.append(f"only {n_candidates} {options.target} can be returned (k = {options.k})")
-    scores, ids = search(index, resolved.vector[None, :], options.k, allowed_ids=allowed,
-                         exclude_ids=[excluded] if excluded.size else None)
-    found = [(int(v), float(s)) for v, s in zip(ids[0], scores[0]) if v >= 0]
+    found = _nearest(atlas, index, resolved.vector, options, allowed, excluded, n_candidates)
+    if options.one_per_patient and len(found) < min(options.k, n_candidates):
+        notes.append(f"only {len(found)} patients have {options.target} among the candidates (k = {options.k})")
     metadata = hit_rows(atlas, [v for v, _ in found])
     hits = []
     for rank, (vid, score) in enumerate(((v, s) for v, s in found if v in metadata), start=1):
@@ -307,7 +308,58 @@ def search_atlas(atlas: Atlas, query: Query, options: SearchOptions) -> SearchRe
         notes.append(f"{len(found) - len(hits)} hit(s) belong to items replaced since indexing; "
                      f"run `threads-search index {atlas.root} --rebuild`")
     query_info = dict(resolved.info, model_id=model_id, target=options.target, k=options.k, where=options.where)
+    if options.facets:
+        query_info["facets"] = options.facets
+    if options.one_per_patient:
+        query_info["one_per_patient"] = True
     return SearchResult(query=query_info, hits=hits, label=label, notes=notes)
+
+
+def _allowed_vids(atlas: Atlas, options: SearchOptions) -> np.ndarray | None:
+    """Candidates allowed by `where` and `facets` (sorted int64), None for every item."""
+    from threads_search.atlas.facets import selection_vids
+
+    allowed = None
+    if options.where:
+        allowed = np.array(matching_vids(atlas, options.target, options.where), np.int64)
+        if allowed.size == 0:
+            raise InputError(f"--where \"{options.where}\" matches no {options.target}")
+    selected = selection_vids(atlas, options.target, options.facets)
+    if selected is not None:
+        allowed = selected if allowed is None else np.intersect1d(allowed, selected)
+        if allowed.size == 0:
+            raise InputError(f"the facet selection {options.facets} matches no {options.target}"
+                             + (" under --where" if options.where else ""))
+    return allowed
+
+
+def _nearest(atlas: Atlas, index, vector: np.ndarray, options: SearchOptions, allowed, excluded: np.ndarray,
+             n_candidates: int) -> list[tuple[int, float]]:
+    """(vid, score) of the hits, best first; with `one_per_patient` each patient's best only."""
+    from threads_search.indexer import search
+
+    def fetch(k: int) -> list[tuple[int, float]]:
+        scores, ids = search(index, vector[None, :], k, allowed_ids=allowed,
+                             exclude_ids=[excluded] if excluded.size else None)
+        return [(int(v), float(s)) for v, s in zip(ids[0], scores[0]) if v >= 0]
+
+    if not options.one_per_patient:
+        return fetch(options.k)
+    from threads_search.atlas.facets import patients_of
+
+    fetch_k = min(max(4 * options.k, 32), max(n_candidates, 1))
+    while True:
+        found = fetch(fetch_k)
+        patient = patients_of(atlas, [v for v, _ in found])
+        best, seen = [], set()
+        for vid, score in found:  # best first, so the first hit of a patient is its best
+            if patient.get(vid) not in seen:
+                seen.add(patient.get(vid))
+                best.append((vid, score))
+        # Exact once k patients are found within the fetched prefix, or every candidate was fetched.
+        if len(best) >= options.k or fetch_k >= n_candidates:
+            return best[:options.k]
+        fetch_k = min(4 * fetch_k, n_candidates)
 
 
 def _excluded_vids(atlas: Atlas, resolved: ResolvedQuery, options: SearchOptions) -> np.ndarray:

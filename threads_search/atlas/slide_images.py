@@ -1,0 +1,81 @@
+"""Where a slide's pictures are: its raw WSI and a thumbnail, recorded on the `slides` table.
+
+Three nullable columns of `slides` (also in `store.SCHEMA` for new atlases):
+
+    wsi_path              VARCHAR  absolute path of the raw slide (`ingest --wsi-dir`, or extract's record)
+    thumbnail_path        VARCHAR  absolute path of a whole-slide picture (extract's `thumbnails/<id>.png`)
+    thumbnail_downsample  DOUBLE   level-0 px per thumbnail px
+
+Atlases made before these columns get them from `ensure_slide_image_columns` on their next
+ingest; read-only readers see them as absent (every value None) until then.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from threads_search.atlas.store import Atlas
+
+IMAGE_COLUMNS = ("wsi_path", "thumbnail_path", "thumbnail_downsample")
+MIGRATION_SQL = """
+ALTER TABLE slides ADD COLUMN IF NOT EXISTS wsi_path VARCHAR;
+ALTER TABLE slides ADD COLUMN IF NOT EXISTS thumbnail_path VARCHAR;
+ALTER TABLE slides ADD COLUMN IF NOT EXISTS thumbnail_downsample DOUBLE;
+"""
+
+
+@dataclass(frozen=True)
+class SlideImages:
+    """The pictures known for one slide (any field may be None)."""
+
+    slide_id: str
+    wsi_path: Path | None = None
+    thumbnail_path: Path | None = None
+    thumbnail_downsample: float | None = None
+
+
+def has_image_columns(atlas: Atlas) -> bool:
+    rows = atlas.sql("SELECT column_name FROM duckdb_columns() WHERE table_name = 'slides'").fetchall()
+    return set(IMAGE_COLUMNS) <= {r[0] for r in rows}
+
+
+def ensure_slide_image_columns(atlas: Atlas) -> None:
+    """Add the image columns to an atlas made before them (a no-op when present)."""
+    for statement in MIGRATION_SQL.strip().splitlines():
+        atlas.sql(statement)
+
+
+def record_slide_images(atlas: Atlas, images: list[SlideImages]) -> int:
+    """Store what is known; a None field leaves the stored value as it was. Returns rows updated."""
+    updated = 0
+    for image in images:
+        values = {"wsi_path": str(image.wsi_path) if image.wsi_path else None,
+                  "thumbnail_path": str(image.thumbnail_path) if image.thumbnail_path else None,
+                  "thumbnail_downsample": image.thumbnail_downsample if image.thumbnail_path else None}
+        known = [name for name in IMAGE_COLUMNS if values[name] is not None]
+        if not known:
+            continue
+        assignments = ", ".join(f"{name} = ?" for name in known)  # names from IMAGE_COLUMNS only
+        atlas.sql(f"UPDATE slides SET {assignments} WHERE slide_id = ?", [*(values[n] for n in known), image.slide_id])
+        updated += 1
+    return updated
+
+
+def slide_images(atlas: Atlas, slide_id: str) -> SlideImages:
+    """The recorded pictures of one slide (all None for atlases without the columns)."""
+    if not has_image_columns(atlas):
+        return SlideImages(slide_id)
+    row = atlas.sql("SELECT wsi_path, thumbnail_path, thumbnail_downsample FROM slides WHERE slide_id = ?",
+                    [slide_id]).fetchone()
+    if row is None:
+        return SlideImages(slide_id)
+    wsi, thumbnail, downsample = row
+    return SlideImages(slide_id, Path(wsi) if wsi else None, Path(thumbnail) if thumbnail else None, downsample)
+
+
+def slides_with_wsi(atlas: Atlas) -> list[str]:
+    """Slide ids whose raw slide is recorded."""
+    if not has_image_columns(atlas):
+        return []
+    return [r[0] for r in atlas.sql("SELECT slide_id FROM slides WHERE wsi_path IS NOT NULL ORDER BY slide_id").fetchall()]
