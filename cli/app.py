@@ -51,6 +51,9 @@ def _register() -> None:
     app.command("demo")(demo_commands.demo)
     app.command("extract")(extract.extract)
     app.command("heatmap")(extract.heatmap)
+    from threads_search.cli import serve_commands
+
+    app.command("serve")(serve_commands.serve)
 
 
 _register()

@@ -19,6 +19,9 @@ from threads_search.errors import InputError
 
 Selection = Mapping[str, Sequence[str | None]]
 MAX_FACET_VALUES = 50
+MAX_NUMERIC_FACET_VALUES = 12  # a numeric column with more values (age, survival) is a range, not a facet
+_NUMERIC_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE", "DECIMAL", "UBIGINT",
+                  "UINTEGER", "USMALLINT", "UTINYINT")
 
 
 def check_selection(atlas: Atlas, selection: Selection | None) -> dict[str, list[str | None]]:
@@ -108,13 +111,17 @@ def facet_counts(atlas: Atlas, modality: str, columns: Sequence[str], allowed: n
 
 
 def facet_columns(atlas: Atlas, modality: str, max_values: int = MAX_FACET_VALUES) -> list[str]:
-    """Metadata columns with 2 to `max_values` distinct values among `modality` items (worth a facet)."""
+    """Metadata columns worth a facet among `modality` items: 2 to `max_values` distinct values
+    (numeric ones at most MAX_NUMERIC_FACET_VALUES)."""
     columns = atlas.metadata_columns()
     if not columns:
         return []
+    types = dict(atlas.sql("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'items'").fetchall())
     distinct = ", ".join(f"count(DISTINCT {quote_identifier(c)})" for c in columns)
     row = atlas.sql(f"SELECT {distinct} FROM items WHERE modality = ?", [modality]).fetchone()
-    return [c for c, n in zip(columns, row) if 2 <= n <= max_values]
+    limit = {c: MAX_NUMERIC_FACET_VALUES if str(types.get(c, "")).startswith(_NUMERIC_TYPES) else max_values
+             for c in columns}
+    return [c for c, n in zip(columns, row) if 2 <= n <= limit[c]]
 
 
 def complete_item_ids(atlas: Atlas, modality: str, text: str, limit: int = 20) -> list[str]:

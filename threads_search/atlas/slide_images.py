@@ -74,8 +74,10 @@ def slide_images(atlas: Atlas, slide_id: str) -> SlideImages:
     return SlideImages(slide_id, Path(wsi) if wsi else None, Path(thumbnail) if thumbnail else None, downsample)
 
 
-def slides_with_wsi(atlas: Atlas) -> list[str]:
-    """Slide ids whose raw slide is recorded."""
+def image_availability(atlas: Atlas) -> dict[str, tuple[bool, bool]]:
+    """slide_id -> (has a recorded thumbnail, has a recorded raw slide), for slides with either."""
     if not has_image_columns(atlas):
-        return []
-    return [r[0] for r in atlas.sql("SELECT slide_id FROM slides WHERE wsi_path IS NOT NULL ORDER BY slide_id").fetchall()]
+        return {}
+    rows = atlas.sql("SELECT slide_id, thumbnail_path IS NOT NULL, wsi_path IS NOT NULL FROM slides "
+                     "WHERE thumbnail_path IS NOT NULL OR wsi_path IS NOT NULL").fetchall()
+    return {slide_id: (bool(thumbnail), bool(wsi)) for slide_id, thumbnail, wsi in rows}

@@ -289,7 +289,7 @@ def search_atlas(atlas: Atlas, query: Query, options: SearchOptions) -> SearchRe
     index = open_index(atlas, model_id, options.target, options.device)
     resolved = resolve_query(atlas, _LazyModel(atlas, model_id), query)
     notes = list(resolved.notes)
-    allowed = _allowed_vids(atlas, options)
+    allowed = allowed_vids(atlas, options)
     excluded = _excluded_vids(atlas, resolved, options)
     candidates = (index.sorted_ids() if allowed is None else allowed[index.holds(allowed)])
     n_candidates = int(np.setdiff1d(candidates, excluded).size)
@@ -315,7 +315,7 @@ def search_atlas(atlas: Atlas, query: Query, options: SearchOptions) -> SearchRe
     return SearchResult(query=query_info, hits=hits, label=label, notes=notes)
 
 
-def _allowed_vids(atlas: Atlas, options: SearchOptions) -> np.ndarray | None:
+def allowed_vids(atlas: Atlas, options: SearchOptions) -> np.ndarray | None:
     """Candidates allowed by `where` and `facets` (sorted int64), None for every item."""
     from threads_search.atlas.facets import selection_vids
 
