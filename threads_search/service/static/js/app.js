@@ -1,6 +1,6 @@
 // The review page: query form, facets, results, votes, exports and the side-by-side viewer.
 
-import { ApiError, adoptTokenFromAddress, getJson, postForm, postJson, setToken } from "./api.js";
+import { ApiError, adoptTokenFromAddress, getJson, imageUrl, postForm, postJson, setToken } from "./api.js";
 import { clear, el, show } from "./dom.js";
 import { refreshFacets } from "./facets.js";
 import { exportHits, metadataOf, renderResults, renderVotes } from "./results.js";
@@ -91,8 +91,12 @@ function renderAll() {
   if (query.facets) summary.push(`facets ${Object.entries(query.facets).map(([c, v]) => `${c} ∈ {${v.join(", ")}}`).join("; ")}`);
   if (query.one_per_patient) summary.push("one hit per patient");
   const summaryBox = clear($("#query-summary"));
-  summaryBox.append(el("span", {}, summary.join(" · ")));
-  if (query.images && query.images.thumbnail) summaryBox.dataset.vid = query.images.vid;
+  if (query.images && query.images.thumbnail) {
+    const image = el("img", { class: "query-thumb", alt: `thumbnail of the query ${query.id}` });
+    imageUrl(`/api/images/${query.images.vid}/thumbnail.png?size=128`).then((url) => { image.src = url; }).catch(() => image.remove());
+    summaryBox.append(image);
+  }
+  summaryBox.append(el("span", { id: "query-text" }, summary.join(" · ")));
   if (payload.notes && payload.notes.length) showMessage(payload.notes.join("; "), "note");
   renderVotes($("#votes"), payload.votes);
   const shown = renderResults($("#results"), payload, state, {

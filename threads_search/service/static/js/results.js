@@ -17,8 +17,10 @@ function thumbnail(hit) {
     box.append(el("div", { class: "placeholder" }, hit.modality === "slides" ? "no slide image recorded" : hit.modality));
     return box;
   }
-  const image = el("img", { class: "thumb", alt: `thumbnail of ${hit.id}` });
-  box.append(image);
+  const image = el("img", { class: "thumb", alt: `thumbnail of ${hit.id}`, hidden: true });
+  const loading = el("div", { class: "placeholder loading" }, "loading…");
+  image.addEventListener("load", () => { loading.remove(); image.hidden = false; });
+  box.append(loading, image);
   imageUrl(`/api/images/${hit.images.vid}/thumbnail.png?size=256`)
     .then((url) => { objectUrls.push(url); image.src = url; })
     .catch((error) => { box.replaceChildren(el("div", { class: "placeholder" }, `image unavailable: ${error.message}`)); });

@@ -8,7 +8,10 @@ import { authHeaders, getJson } from "./api.js";
 import { clear, el, show } from "./dom.js";
 
 const OVERLAY_MAX_SIDE = 2048;
-const OVERLAY_OPACITY = 0.45;
+// A patch's opacity grows with its distance from the slide's mean attention, so uniform regions leave the
+// tissue visible and only what the model weighs more (red) or less (blue) than average is tinted.
+const OVERLAY_MIN_ALPHA = 0.12;
+const OVERLAY_MAX_ALPHA = 0.7;
 const SCALE_BAR_PX = 120;
 export const viewers = { query: null, hit: null };
 let syncing = false;
@@ -102,6 +105,7 @@ async function loadPane(section, name, vid, title) {
     element: container, tileSources: tileSource, showNavigationControl: false, loadTilesWithAjax: true,
     ajaxHeaders: authHeaders(), animationTime: 0.4, visibilityRatio: 0.5, maxZoomPixelRatio: 2,
     gestureSettingsMouse: { clickToZoom: false },
+    drawer: "canvas", // the 2D canvas drawer composites the overlay's per-patch transparency as drawn
   });
   const entry = { osd, pane, info: { ...wsi, vid }, vid };
   osd.addHandler("tile-loaded", () => { pane.dataset.tilesLoaded = String(Number(pane.dataset.tilesLoaded) + 1); });
@@ -118,24 +122,29 @@ async function loadPane(section, name, vid, title) {
   if (!wsi.mpp) note.textContent = "the slide records no microns per pixel: zoom is synchronised in pixels";
 }
 
-function colourAt(stops, position) {
+function overlayAlpha(position) {
+  const distance = Math.min(1, Math.abs(2 * position - 1));
+  return OVERLAY_MIN_ALPHA + (OVERLAY_MAX_ALPHA - OVERLAY_MIN_ALPHA) * Math.sqrt(distance);
+}
+
+function colourAt(stops, position, alpha = 1) {
   const scaled = Math.min(1, Math.max(0, position)) * (stops.length - 1);
   const low = Math.floor(scaled);
   const high = Math.min(stops.length - 1, low + 1);
   const t = scaled - low;
   const rgb = (hex) => [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
   const [a, b] = [rgb(stops[low]), rgb(stops[high])];
-  return `rgb(${a.map((v, i) => Math.round(v + t * (b[i] - v))).join(",")})`;
+  return `rgba(${a.map((v, i) => Math.round(v + t * (b[i] - v))).join(",")},${alpha.toFixed(3)})`;
 }
 
-function renderLegend(section, data) {
-  const legend = section.querySelector("#attention-legend");
+function renderLegend(pane, data) {
+  const legend = pane.querySelector(".legend");
   show(legend, true);
-  section.querySelector("#attention-title").textContent =
+  legend.querySelector(".legend-title").textContent =
     `attention of model ${data.model_id} (${data.recipe}): patch weight / the slide's mean (1x = 1/${data.n_patches}), log2 scale`;
-  const bar = section.querySelector("#attention-bar");
+  const bar = legend.querySelector(".legend-bar");
   bar.style.background = `linear-gradient(to right, ${data.scale.colours.join(", ")})`;
-  const ticks = clear(section.querySelector("#attention-ticks"));
+  const ticks = clear(legend.querySelector(".legend-ticks"));
   for (const tick of data.scale.ticks) {
     ticks.append(el("span", { class: "tick", style: { left: `${(100 * tick.position).toFixed(2)}%` } }, tick.label));
   }
@@ -164,13 +173,19 @@ async function overlay(section, name, run) {
   const context = canvas.getContext("2d");
   const side = data.patch_size_level0 / downsample;
   data.coords.forEach(([x, y], i) => {
-    context.fillStyle = colourAt(data.scale.colours, data.positions[i]);
+    context.fillStyle = colourAt(data.scale.colours, data.positions[i], overlayAlpha(data.positions[i]));
     context.fillRect(x / downsample, y / downsample, Math.max(1, side), Math.max(1, side));
   });
-  entry.osd.addTiledImage({ tileSource: { type: "image", url: canvas.toDataURL("image/png") }, x: 0, y: 0, width: 1,
-                            opacity: OVERLAY_OPACITY, loadTilesWithAjax: false });
+  await new Promise((resolve, reject) => entry.osd.addTiledImage({
+    tileSource: { type: "image", url: canvas.toDataURL("image/png") }, x: 0, y: 0, width: 1,
+    loadTilesWithAjax: false, success: resolve, error: (event) => reject(new Error(event.message || "overlay failed")),
+  }));
+  if (run !== attentionRun || viewers[name] !== entry) {  // switched off (or another slide opened) meanwhile
+    if (entry.osd.world.getItemCount() > 1) entry.osd.world.removeItem(entry.osd.world.getItemAt(1));
+    return;
+  }
   entry.pane.dataset.attentionPatches = String(data.n_patches);
-  renderLegend(section, data);
+  renderLegend(entry.pane, data);
 }
 
 function removeOverlays(section) {
@@ -179,7 +194,7 @@ function removeOverlays(section) {
     while (entry.osd.world.getItemCount() > 1) entry.osd.world.removeItem(entry.osd.world.getItemAt(1));
     delete entry.pane.dataset.attentionPatches;
   }
-  show(section.querySelector("#attention-legend"), false);
+  for (const legend of section.querySelectorAll(".legend")) show(legend, false);
 }
 
 export async function setAttention(section, on) {
@@ -194,7 +209,7 @@ export async function openViewer(section, query, hit) {
   const queryVid = query.images && query.images.wsi ? query.images.vid : null;
   await Promise.all([loadPane(section, "query", queryVid, `query: ${query.id}`),
                      loadPane(section, "hit", hit.images.vid, `#${hit.rank} ${hit.id} (score ${hit.score.toFixed(4)})`)]);
-  show(section.querySelector("#attention-legend"), false);
+  for (const legend of section.querySelectorAll(".legend")) show(legend, false);
   follow("query", section);
   if (section.querySelector("#attention-toggle").checked) await setAttention(section, true);
   section.dataset.ready = "true";
