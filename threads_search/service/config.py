@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from threads_search.errors import InputError
@@ -18,7 +19,9 @@ MIN_TOKEN_LENGTH = 16
 class ServiceConfig:
     """`atlas` folder; `host`/`port` to bind; `token` the bearer token every API call must carry
     (required for any host but loopback); `max_upload_bytes` per uploaded query file;
-    `reports_dir` a folder of `eval --json` reports to list; `thumbnail_px` the grid's side."""
+    `reports_dir` a folder of `eval --json` reports to list; `thumbnail_px` the grid's side;
+    `max_parallel_searches` how many searches run at once (the rest queue), so a burst of
+    clients cannot hold more indexes and query vectors in memory than the machine has cores."""
 
     atlas: Path
     host: str = DEFAULT_HOST
@@ -27,6 +30,7 @@ class ServiceConfig:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     reports_dir: Path | None = None
     thumbnail_px: int = 256
+    max_parallel_searches: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
 
     def checked(self) -> "ServiceConfig":
         """Self, or a one-line InputError: an exposed host without a token, a short token, a bad port."""

@@ -14,7 +14,7 @@ router = APIRouter(prefix="/api", dependencies=[Depends(authorised)], tags=["sea
 def _search(state: ServiceState, query, options, kind: str, upload_name: str | None = None) -> dict:
     from threads_search.service.search_service import search_payload
 
-    with state.handle.reader() as (atlas, generation):
+    with state.searches, state.handle.reader() as (atlas, generation):  # bounded work in flight
         payload = search_payload(atlas, generation, query, options, upload_name)
     state.metrics.count_query(kind, options.target)
     return payload

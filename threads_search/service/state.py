@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -24,6 +25,11 @@ class ServiceState:
     metrics: Metrics
     images: SlideImageStore
     attention: _LRU = field(default_factory=lambda: _LRU(ATTENTION_CACHE_SIZE))
+    searches: threading.BoundedSemaphore | None = None
+
+    def __post_init__(self) -> None:
+        if self.searches is None:
+            self.searches = threading.BoundedSemaphore(self.config.max_parallel_searches)
 
 
 def service_state(request: Request) -> ServiceState:

@@ -174,8 +174,10 @@ async function start() {
   }
   state.info = info;
   state.label = info.label;
-  $("#atlas-name").textContent = `${info.atlas} · ${info.items.slides} slides, ${info.items.expression} expression, ` +
+  const shortName = info.atlas.split("/").filter(Boolean).slice(-2).join("/");  // the full path is in the tooltip
+  $("#atlas-name").textContent = `${shortName} · ${info.items.slides} slides, ${info.items.expression} expression, ` +
     `${info.items.mutations} mutation profiles · ${info.slides_with_wsi} slides with a raw image`;
+  $("#atlas-name").title = info.atlas;
   const saved = JSON.parse(localStorage.getItem("threads-search-columns") || "null");
   state.shownColumns = saved || info.metadata_columns.filter((c) => c !== info.label).slice(0, DEFAULT_SHOWN);
   const prototypes = clear($("#query-prototype"));
