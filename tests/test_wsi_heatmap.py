@@ -130,3 +130,11 @@ def test_png_round_trip_is_lossless():
     buffer = io.BytesIO()
     heatmap.save(buffer, format="PNG")
     assert np.array_equal(np.asarray(Image.open(buffer)), np.asarray(heatmap))
+
+
+def test_the_heatmap_title_names_the_slide_the_model_and_how_to_read_the_colours():
+    from threads_search.search.heatmap import heatmap_title
+
+    first, second = heatmap_title("TCGA-AA-0001", "0123456789abcdef", "threads-abmil-cpu", 812, 2)
+    assert first == "attention of model 0123456789abcdef (threads-abmil-cpu) on slide TCGA-AA-0001"
+    assert "812 patches, mean of 2 heads" in second and "1x = 1/812" in second and "log2" in second

@@ -29,7 +29,7 @@ CACHED_THUMBNAIL_SIDE = 1024
 MAX_OPEN_SLIDES = 16
 
 
-class _LRU:
+class LruCache:
     """A small thread-safe least-recently-used map."""
 
     def __init__(self, size: int, on_evict=None) -> None:
@@ -75,9 +75,9 @@ class SlideImageStore:
 
     def __init__(self, atlas_root: Path) -> None:
         self.cache_dir = Path(atlas_root) / "thumbnails"
-        self._slides = _LRU(MAX_OPEN_SLIDES, on_evict=lambda wsi: wsi.slide.close())
-        self._thumbnails = _LRU(512)
-        self._memory_thumbnails = _LRU(64)
+        self._slides = LruCache(MAX_OPEN_SLIDES, on_evict=lambda wsi: wsi.slide.close())
+        self._thumbnails = LruCache(512)
+        self._memory_thumbnails = LruCache(64)
 
     # --- raw slides ------------------------------------------------------------------
 

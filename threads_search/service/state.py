@@ -12,7 +12,7 @@ from fastapi import Request
 from threads_search.service.config import ServiceConfig
 from threads_search.service.handle import AtlasHandle
 from threads_search.service.http_errors import check_bearer
-from threads_search.service.images import SlideImageStore, _LRU
+from threads_search.service.images import LruCache, SlideImageStore
 from threads_search.service.metrics import Metrics
 
 ATTENTION_CACHE_SIZE = 64
@@ -24,7 +24,7 @@ class ServiceState:
     handle: AtlasHandle
     metrics: Metrics
     images: SlideImageStore
-    attention: _LRU = field(default_factory=lambda: _LRU(ATTENTION_CACHE_SIZE))
+    attention: LruCache = field(default_factory=lambda: LruCache(ATTENTION_CACHE_SIZE))
     searches: threading.BoundedSemaphore | None = None
 
     def __post_init__(self) -> None:
