@@ -91,5 +91,6 @@ def heatmap(
                f"({result.size[0]} x {result.size[1]} px)")
     low, high = result.weight_range
     uniform = 1 / result.n_patches
-    typer.echo(f"attention per patch from {low:.4f} to {high:.4f} (uniform: {uniform:.4f}); colours show ranks")
+    typer.echo(f"attention per patch from {low:.4f} to {high:.4f} (uniform: {uniform:.4f}); colours show attention / "
+               f"the slide's mean on a log2 scale from 1/{2 ** result.scale_limit}x to {2 ** result.scale_limit}x")
     typer.echo(f"most attended patches, level-0 (x, y) and weight: {top}")

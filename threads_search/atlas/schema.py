@@ -102,11 +102,15 @@ CREATE TABLE prototypes (
 
 def _add_checksums_and_ranges(connection) -> None:
     """2: content checksums of the atlas's own files, recorded at write and verified by `check`;
-    the vid range of each embedding part, so one stored vector is read from one part."""
+    the vid range of each embedding part, so one stored vector is read from one part; the
+    raw slide and thumbnail of each slide."""
     for table in ("embeddings", "indexes", "profile_batches"):
         connection.execute(f"ALTER TABLE {table} ADD COLUMN checksum VARCHAR")
     connection.execute("ALTER TABLE embeddings ADD COLUMN min_vid BIGINT")
     connection.execute("ALTER TABLE embeddings ADD COLUMN max_vid BIGINT")
+    # Where a slide's pictures are (raw WSI, thumbnail), for the service; see atlas/slide_images.py.
+    for column, kind in (("wsi_path", "VARCHAR"), ("thumbnail_path", "VARCHAR"), ("thumbnail_downsample", "DOUBLE")):
+        connection.execute(f"ALTER TABLE slides ADD COLUMN {column} {kind}")
 
 
 # version -> the change that turns an atlas of that version into one of version + 1. A new

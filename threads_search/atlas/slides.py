@@ -103,7 +103,7 @@ def write_slides(atlas: Atlas, infos: list[FeatureFileInfo], stored_paths: list[
     })
     with atlas.registered("incoming_slides", incoming):
         atlas.sql("DELETE FROM slides WHERE slide_id IN (SELECT slide_id FROM incoming_slides)")
-        atlas.sql("INSERT INTO slides SELECT * FROM incoming_slides")
+        atlas.sql("INSERT INTO slides BY NAME SELECT * FROM incoming_slides")
 
 
 def verify_unchanged(record: AtlasSlide) -> Path:

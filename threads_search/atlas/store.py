@@ -168,6 +168,16 @@ class Atlas:
             self._files[key] = build()
         return self._files[key]
 
+    def view(self) -> "Atlas":
+        """A reader's second handle for another thread: its own DuckDB cursor, the same caches.
+
+        Close the view (its cursor) when done; the caches stay with the atlas it came from.
+        """
+        if not self.read_only:
+            raise AtlasError("views are for readers (open_atlas(..., read_only=True))")
+        return Atlas(root=self.root, connection=self.connection.cursor(), read_only=True, generation=self.generation,
+                     _cache=self._cache, _files=self._files)
+
     def invalidate(self) -> None:
         """Forget what was read (columns, id sets, filter results): the tables changed."""
         self._cache.clear()

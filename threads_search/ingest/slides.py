@@ -18,8 +18,10 @@ from threads_search.atlas.slides import slide_fingerprints, write_slides
 from threads_search.atlas.store import Atlas
 from threads_search.atomic import copy_file_atomic
 from threads_search.errors import InputError
+from threads_search.atlas.slide_images import images_would_change, record_slide_images
 from threads_search.ingest.coverage import coverage_warnings
 from threads_search.ingest.plan import IngestReport, plan_writes
+from threads_search.ingest.slide_images import find_slide_images
 from threads_search.readers.metadata_csv import read_metadata_csv
 from threads_search.readers.patch_features import FeatureFileInfo, expand_feature_paths, inspect_feature_file
 
@@ -67,13 +69,19 @@ def _copy_into_atlas(atlas: Atlas, info: FeatureFileInfo) -> str:
 
 def ingest_slides(atlas: Atlas, feature_paths: list[str | os.PathLike], metadata_csv: str | os.PathLike | None = None,
                   copy: bool = False, replace: bool = False, strict: bool = False,
-                  progress: Progress | None = None) -> IngestReport:
-    """Validate feature files, then record them (and their metadata) in one transaction."""
+                  progress: Progress | None = None, wsi_dir: str | os.PathLike | None = None) -> IngestReport:
+    """Validate feature files, then record them (and their metadata) in one transaction.
+
+    `wsi_dir` pairs slides with raw slide files by name (see `ingest.slide_images`), for
+    every given file, including those already in the atlas.
+    """
     report = IngestReport()
     paths = expand_feature_paths(list(feature_paths))
     metadata = read_metadata_csv(metadata_csv, "slide_id") if metadata_csv else None
     infos = _inspect_all(paths, progress)
     _check_consistent(atlas, infos)
+    images, image_warnings = find_slide_images(infos, Path(wsi_dir) if wsi_dir is not None else None)
+    report.warnings += image_warnings
 
     patient_of: dict[str, str] = {}
     sample_of: dict[str, str | None] = {}
@@ -90,7 +98,8 @@ def ingest_slides(atlas: Atlas, feature_paths: list[str | os.PathLike], metadata
     chosen = plan_writes([i.slide_id for i in infos], [i.fingerprint for i in infos], existing, replace, report,
                          lambda k: f"{infos[k].path}: slide id '{infos[k].slide_id}' is already in the atlas from a different file")
     to_write = [infos[k] for k in chosen]
-    if not to_write and (metadata is None or not metadata_changes(atlas, metadata, "slides")[1]):
+    if not to_write and not images_would_change(atlas, images) and (
+            metadata is None or not metadata_changes(atlas, metadata, "slides")[1]):
         report.metadata_rows_matched = metadata_changes(atlas, metadata, "slides")[0] if metadata is not None else 0
         return report  # a re-run: nothing to write, so nothing is written
 
@@ -103,6 +112,7 @@ def ingest_slides(atlas: Atlas, feature_paths: list[str | os.PathLike], metadata
                 if copy:
                     copied.append(atlas.path(stored_paths[-1]))
             write_slides(atlas, to_write, stored_paths, copy)
+            record_slide_images(atlas, images)
             upsert_items(atlas, "slides", [i.slide_id for i in to_write], [patient_of.get(i.slide_id) for i in to_write],
                          [sample_of.get(i.slide_id) for i in to_write])
             if infos:

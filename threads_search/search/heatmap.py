@@ -3,9 +3,12 @@
 The slide is an atlas slide (`slide_id`: its feature file gives the features and level-0
 coordinates) or a raw slide (`wsi`: extracted in memory as the atlas's slides were, see
 `query.extract_like_atlas`). The attention heads are averaged per patch (each head's weights
-sum to one over the slide) and drawn by rank (`wsi.heatmap.render_heatmap`) over a background:
-the raw slide's thumbnail when it is at hand, else the thumbnail `extract` wrote beside the
-feature file (`thumbnails/<slide_id>.png`), else a blank canvas laid out from the coordinates.
+sum to one over the slide) and drawn as true values, a ratio to the slide's mean on a log2
+scale with numbered ticks (`wsi.heatmap.render_heatmap`), under a title naming the slide and
+the model, over a background: the raw slide's thumbnail when it is given, else the thumbnail
+`extract` wrote (recorded at ingest, or beside the feature file as `thumbnails/<slide_id>.png`),
+else one made from the raw slide recorded at ingest (`--wsi-dir`), else a blank canvas laid out
+from the coordinates.
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ TOP_PATCHES = 3
 
 @dataclass
 class HeatmapResult:
-    """What was drawn: `size` (width, height) px of the PNG (thumbnail + colour bar);
+    """What was drawn: `size` (width, height) px of the PNG (title + thumbnail + colour bar);
     `top_patches` the level-0 (x, y) and mean attention of the most attended patches;
-    `weight_range` the smallest and largest mean attention (colours show ranks, so this says
-    how far from uniform, 1 / n_patches, the attention really is)."""
+    `weight_range` the smallest and largest mean attention (uniform is 1 / n_patches);
+    `scale_limit` L of the colour scale, which spans 2^-L to 2^L times the mean."""
 
-    path: Path
+    path: Path | None
     slide_id: str
     model_id: str
     recipe: str
@@ -40,7 +43,22 @@ class HeatmapResult:
     size: tuple[int, int]
     top_patches: list[tuple[int, int, float]]
     weight_range: tuple[float, float]
+    scale_limit: int = 1
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SlideAttention:
+    """One atlas slide's attention: `weights` (n,) float64 (heads averaged, sum to one),
+    `coords` (n, 2) int64 level-0 (x, y), patch side in level-0 px."""
+
+    slide_id: str
+    model_id: str
+    recipe: str
+    coords: np.ndarray
+    weights: np.ndarray
+    n_heads: int
+    patch_size_level0: float
 
 
 @dataclass
@@ -135,16 +153,30 @@ def _wsi_background(wsi: Path, mpp: float | None, coords: np.ndarray, patch_size
     return _Background(Image.fromarray(thumbnail.rgb), thumbnail.downsample, "slide thumbnail")
 
 
-def _extract_thumbnail(feature_file: Path, slide_id: str, attrs: dict) -> _Background | None:
-    """The outline thumbnail `extract` wrote beside the feature file, when it and its scale exist."""
+def _extract_thumbnail(atlas: Atlas, feature_file: Path, slide_id: str, attrs: dict) -> _Background | None:
+    """The outline thumbnail `extract` wrote (recorded at ingest, or beside the feature file)."""
     from PIL import Image
 
-    path = feature_file.parent / "thumbnails" / f"{slide_id}.png"
-    downsample = attrs.get("thumbnail_downsample")
+    from threads_search.atlas.slide_images import slide_images
+
+    recorded = slide_images(atlas, slide_id)
+    path, downsample = recorded.thumbnail_path, recorded.thumbnail_downsample
+    if path is None or not path.is_file():
+        path, downsample = feature_file.parent / "thumbnails" / f"{slide_id}.png", attrs.get("thumbnail_downsample")
     if not path.is_file() or not downsample:
         return None
     with Image.open(path) as image:
         return _Background(image.convert("RGB"), float(downsample), "extract thumbnail")
+
+
+def _recorded_wsi_background(atlas: Atlas, slide_id: str, coords: np.ndarray, patch_size_level0: float):
+    """A thumbnail of the raw slide recorded at ingest (`--wsi-dir`), when it is still there."""
+    from threads_search.atlas.slide_images import slide_images
+
+    wsi = slide_images(atlas, slide_id).wsi_path
+    if wsi is None or not wsi.is_file():
+        return None
+    return _wsi_background(wsi, None, coords, patch_size_level0)
 
 
 def blank_background(coords: np.ndarray, patch_size_level0: float, max_side: int = BLANK_CANVAS_MAX_SIDE) -> _Background:
@@ -181,9 +213,48 @@ def _gather(atlas: Atlas, model, slide_id: str | None, wsi: Path | None, mpp: fl
     if wsi is not None:
         background = _wsi_background(wsi, mpp, patches.coords, patches.patch_size_level0)
     else:
-        background = (_extract_thumbnail(feature_file, slide_id, attrs)
+        background = (_extract_thumbnail(atlas, feature_file, slide_id, attrs)
+                      or _recorded_wsi_background(atlas, slide_id, patches.coords, patches.patch_size_level0)
                       or blank_background(patches.coords, patches.patch_size_level0))
     return patches, background, []
+
+
+def slide_attention(atlas: Atlas, slide_id: str, model_id: str | None = None) -> SlideAttention:
+    """The attention of an atlas slide's patches under a model with attention (the newest trained by default)."""
+    model_id, model = _attention_model(atlas, model_id)
+    patches, _, _ = _atlas_slide(atlas, slide_id)
+    model.check_features(patches.features.shape[1], patches.patch_encoder)
+    weights, n_heads = mean_attention(model, patches.features)
+    return SlideAttention(slide_id, model_id, model.recipe, patches.coords, weights, n_heads, patches.patch_size_level0)
+
+
+def heatmap_title(slide_id: str, model_id: str, recipe: str, n_patches: int, n_heads: int) -> list[str]:
+    """The two title lines of a heatmap: what is drawn, and how to read the colours."""
+    return [f"attention of model {model_id} ({recipe}) on slide {slide_id}",
+            f"{n_patches} patches, mean of {n_heads} heads; colour: attention / slide mean (1x = 1/{n_patches}), log2 scale"]
+
+
+def draw_attention_heatmap(atlas: Atlas, slide_id: str | None = None, wsi: Path | str | None = None,
+                           model_id: str | None = None, mpp: float | None = None):
+    """(PIL image, HeatmapResult without a path) of a slide's attention; see `attention_heatmap`."""
+    from threads_search.wsi.heatmap import AttentionScale, render_heatmap
+
+    if slide_id is None and wsi is None:
+        raise InputError("heatmap: give --slide-id ID (an atlas slide) or --wsi FILE (a raw slide)")
+    model_id, model = _attention_model(atlas, model_id)
+    patches, background, notes = _gather(atlas, model, slide_id, Path(wsi) if wsi is not None else None, mpp)
+    weights, n_heads = mean_attention(model, patches.features)
+    scale = AttentionScale.for_weights(weights)
+    title = heatmap_title(patches.slide_id, model_id, model.recipe, int(weights.size), n_heads)
+    image = render_heatmap(background.image, background.downsample, patches.coords, patches.patch_size_level0, weights,
+                           title=title, scale=scale)
+    top = [(int(patches.coords[i, 0]), int(patches.coords[i, 1]), float(weights[i]))
+           for i in np.argsort(-weights, kind="stable")[:TOP_PATCHES]]
+    result = HeatmapResult(path=None, slide_id=patches.slide_id, model_id=model_id, recipe=model.recipe,
+                           n_patches=int(weights.size), n_heads=n_heads, background=background.kind, size=image.size,
+                           top_patches=top, weight_range=(float(weights.min()), float(weights.max())),
+                           scale_limit=scale.limit, notes=notes)
+    return image, result
 
 
 def attention_heatmap(atlas: Atlas, out: Path | str, slide_id: str | None = None, wsi: Path | str | None = None,
@@ -195,17 +266,7 @@ def attention_heatmap(atlas: Atlas, out: Path | str, slide_id: str | None = None
     defaults to the newest trained model; models without attention are refused.
     """
     from threads_search.wsi.files import save_png
-    from threads_search.wsi.heatmap import render_heatmap
 
-    if slide_id is None and wsi is None:
-        raise InputError("heatmap: give --slide-id ID (an atlas slide) or --wsi FILE (a raw slide)")
-    model_id, model = _attention_model(atlas, model_id)
-    patches, background, notes = _gather(atlas, model, slide_id, Path(wsi) if wsi is not None else None, mpp)
-    weights, n_heads = mean_attention(model, patches.features)
-    image = render_heatmap(background.image, background.downsample, patches.coords, patches.patch_size_level0, weights)
-    path = save_png(image, Path(out))
-    top = [(int(patches.coords[i, 0]), int(patches.coords[i, 1]), float(weights[i]))
-           for i in np.argsort(-weights, kind="stable")[:TOP_PATCHES]]
-    return HeatmapResult(path=path, slide_id=patches.slide_id, model_id=model_id, recipe=model.recipe,
-                         n_patches=int(weights.size), n_heads=n_heads, background=background.kind, size=image.size,
-                         top_patches=top, weight_range=(float(weights.min()), float(weights.max())), notes=notes)
+    image, result = draw_attention_heatmap(atlas, slide_id, wsi, model_id, mpp)
+    result.path = save_png(image, Path(out))
+    return result

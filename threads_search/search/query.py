@@ -50,6 +50,11 @@ class Query:
 
 @dataclass
 class SearchOptions:
+    """How to search. `where` is a SQL filter over metadata and `facets` a selection of values per
+    metadata column (`{"site": ["site1", "site2"]}`); both narrow the candidates inside the
+    search. `one_per_patient` keeps each patient's best hit only (exact: the search fetches
+    more until k patients are found or the candidates run out)."""
+
     target: str = "slides"
     k: int = 10
     where: str | None = None
@@ -57,6 +62,8 @@ class SearchOptions:
     model_id: str | None = None
     label: str | None = None
     device: str = "auto"
+    facets: dict[str, list[str | None]] | None = None
+    one_per_patient: bool = False
 
 
 @dataclass
@@ -301,9 +308,7 @@ def search_many(atlas: Atlas, queries: list[Query], options: SearchOptions) -> l
     Each query keeps its own exclusions (itself, its patient); equal scores are ordered by
     vector id, lower first.
     """
-    from threads_search.indexer import search
     from threads_search.indexer.bundle import sorted_membership
-    from threads_search.indexer.id_filter import IdFilter
 
     if options.target not in MODALITIES:
         raise InputError(f"--target {options.target}: expected one of {', '.join(MODALITIES)}")
@@ -315,38 +320,102 @@ def search_many(atlas: Atlas, queries: list[Query], options: SearchOptions) -> l
     index = open_index(atlas, model_id, options.target, options.device)
     model = _LazyModel(atlas, model_id)
     resolved = [resolve_query(atlas, model, query) for query in queries]
-    allowed = None
-    if where is not None:
-        allowed = atlas.cached(("id filter", where.statement, options.target),
-                               lambda: IdFilter(atlas.filter_vids(where, options.target)))
-        if allowed.size == 0:
-            raise InputError(f"--where \"{options.where}\" matches no {options.target}")
+    allowed = allowed_filter(atlas, options, where)
     candidates = index.sorted_ids() if allowed is None else allowed.within(index)
     excluded = [_excluded_vids(atlas, r, options, index) for r in resolved]
     available = [int(candidates.size - sorted_membership(e, candidates).sum()) for e in excluded]
-    fetch = min(options.k + TIE_MARGIN, max(available, default=0))
-    found: list[list[tuple[int, float]]] = [[] for _ in resolved]
-    if fetch:
-        scores, ids = search(index, np.stack([r.vector for r in resolved]), fetch, allowed_ids=allowed,
-                             exclude_ids=[e if e.size else None for e in excluded])
-        for row in range(len(resolved)):
-            pairs = [(int(v), float(s)) for v, s in zip(ids[row], scores[row]) if v >= 0]
-            # Scores equal to the printed precision are ties, whatever their last float bits: lower vid first.
-            found[row] = sorted(pairs, key=lambda pair: (-round(pair[1], SCORE_DECIMALS), pair[0]))[:options.k]
+    if options.one_per_patient:
+        found = [_best_per_patient(atlas, index, r.vector, options, allowed, e, n)
+                 for r, e, n in zip(resolved, excluded, available)]
+    else:
+        found = _nearest(index, np.stack([r.vector for r in resolved]), options.k, allowed, excluded, max(available))
     metadata = hit_rows(atlas, sorted({v for pairs in found for v, _ in pairs}))
     results = []
     for query_resolved, pairs, n_available in zip(resolved, found, available):
         notes = list(query_resolved.notes)
         if options.k > n_available:
             notes.append(f"only {n_available} {options.target} can be returned (k = {options.k})")
+        elif options.one_per_patient and len(pairs) < options.k:
+            notes.append(f"only {len(pairs)} patients have {options.target} among the candidates (k = {options.k})")
         hits = []
         for rank, (vid, score) in enumerate(((v, s) for v, s in pairs if v in metadata), start=1):
             row = dict(metadata[vid])
             hits.append({"rank": rank, "id": row.pop("item_id"), "modality": row.pop("modality"),
                          "patient_id": row.pop("patient_id"), "score": round(score, SCORE_DECIMALS), **_plain(row)})
         query_info = dict(query_resolved.info, model_id=model_id, target=options.target, k=options.k, where=options.where)
+        if options.facets:
+            query_info["facets"] = options.facets
+        if options.one_per_patient:
+            query_info["one_per_patient"] = True
         results.append(SearchResult(query=query_info, hits=hits, label=label, notes=notes))
     return results
+
+
+def allowed_filter(atlas: Atlas, options: SearchOptions, where):
+    """An IdFilter of the candidates `where` and `facets` allow (cached per generation), None for every item."""
+    from threads_search.atlas.facets import check_selection, selection_vids
+    from threads_search.indexer.id_filter import IdFilter
+
+    facets = check_selection(atlas, options.facets)
+    if where is None and not facets:
+        return None
+    key = ("id filter", where.statement if where else None, repr(sorted(facets.items())), options.target)
+
+    def build() -> IdFilter:
+        allowed = atlas.filter_vids(where, options.target) if where is not None else None
+        if allowed is not None and allowed.size == 0:
+            raise InputError(f"--where \"{options.where}\" matches no {options.target}")
+        selected = selection_vids(atlas, options.target, facets)
+        if selected is not None:
+            allowed = selected if allowed is None else np.intersect1d(allowed, selected)
+            if allowed.size == 0:
+                raise InputError(f"the facet selection {options.facets} matches no {options.target}"
+                                 + (" under --where" if options.where else ""))
+        return IdFilter(allowed)
+    return atlas.cached(key, build)
+
+
+def allowed_vids(atlas: Atlas, options: SearchOptions) -> np.ndarray | None:
+    """Sorted int64 vids of the candidates `where` and `facets` allow; None for every item."""
+    allowed = allowed_filter(atlas, options, check_where(atlas, options.where))
+    return None if allowed is None else allowed.ids
+
+
+def _rank(ids_row: np.ndarray, scores_row: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """(vid, score) best first; scores equal to the printed precision are ties, lower vid first."""
+    pairs = [(int(v), float(s)) for v, s in zip(ids_row, scores_row) if v >= 0]
+    return sorted(pairs, key=lambda pair: (-round(pair[1], SCORE_DECIMALS), pair[0]))[:k]
+
+
+def _nearest(index, vectors: np.ndarray, k: int, allowed, excluded: list[np.ndarray], n_available: int):
+    """Top-k (vid, score) of every query row, in one FAISS call."""
+    from threads_search.indexer import search
+
+    fetch = min(k + TIE_MARGIN, n_available)
+    if not fetch:
+        return [[] for _ in excluded]
+    scores, ids = search(index, vectors, fetch, allowed_ids=allowed, exclude_ids=[e if e.size else None for e in excluded])
+    return [_rank(ids[row], scores[row], k) for row in range(len(excluded))]
+
+
+def _best_per_patient(atlas: Atlas, index, vector: np.ndarray, options: SearchOptions, allowed, excluded: np.ndarray,
+                      n_candidates: int) -> list[tuple[int, float]]:
+    """Each patient's best hit, best first: fetch more until k patients are found (exact)."""
+    from threads_search.atlas.facets import patients_of
+
+    fetch_k = min(max(4 * options.k, 32), max(n_candidates, 1))
+    while True:
+        found = _nearest(index, vector[None, :], fetch_k, allowed, [excluded], n_candidates)[0]
+        patient = patients_of(atlas, [v for v, _ in found])
+        best, seen = [], set()
+        for vid, score in found:  # best first, so the first hit of a patient is its best
+            if patient.get(vid) not in seen:
+                seen.add(patient.get(vid))
+                best.append((vid, score))
+        # Exact once k patients are found within the fetched prefix, or every candidate was fetched.
+        if len(best) >= options.k or fetch_k >= n_candidates:
+            return best[:options.k]
+        fetch_k = min(4 * fetch_k, n_candidates)
 
 
 def _excluded_vids(atlas: Atlas, resolved: ResolvedQuery, options: SearchOptions, index) -> np.ndarray:

@@ -120,6 +120,7 @@ def _feature_attributes(slide, plan: TilePlan, encoder, thumbnail: Thumbnail, co
         "encoder_dim": encoder.output_dim,
         "slide_id": slide.slide_id,
         "wsi_file": slide.path.name,
+        "wsi_path": str(slide.path.resolve()),  # `ingest slides` records it, so `serve` can show the slide
         "mpp": slide.mpp,
         "mpp_source": slide.mpp_source,
         "patch_level": plan.level,

@@ -1,0 +1,62 @@
+"""A search as the page needs it: the CLI's JSON result plus image links and the vote distribution."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from threads_search.atlas.store import Atlas
+from threads_search.service.handle import Generation
+
+MISSING = "(missing)"
+
+
+def image_availability(atlas: Atlas, generation: Generation) -> dict[str, tuple[bool, bool]]:
+    from threads_search.atlas.slide_images import image_availability as recorded
+
+    return generation.cached("image_availability", lambda: recorded(atlas))
+
+
+def _images(available: dict[str, tuple[bool, bool]], slide_id: str, vid: int | None) -> dict:
+    thumbnail, wsi = available.get(slide_id, (False, False))
+    return {"vid": vid, "thumbnail": thumbnail or wsi, "wsi": wsi}
+
+
+def vote_distribution(atlas: Atlas, result, options) -> dict | None:
+    """Label counts among the hits beside each label's share of the searchable items (so a rare
+    class with two votes shows against its base rate)."""
+    from threads_search.atlas.facets import facet_counts
+    from threads_search.search.query import allowed_vids
+
+    if not result.label:
+        return None
+    votes = Counter(MISSING if h.get(result.label) is None else str(h.get(result.label)) for h in result.hits)
+    base = facet_counts(atlas, options.target, [result.label], allowed_vids(atlas, options))[result.label]
+    total = sum(n for _, n in base) or 1
+    share = {MISSING if value is None else value: n / total for value, n in base}
+    classes = sorted(set(votes) | set(share), key=lambda c: (-votes.get(c, 0), -share.get(c, 0.0), c))
+    return {"label": result.label, "n_hits": len(result.hits), "majority": result.majority(),
+            "classes": [{"value": c, "votes": votes.get(c, 0), "database_share": round(share.get(c, 0.0), 6)}
+                        for c in classes]}
+
+
+def search_payload(atlas: Atlas, generation: Generation, query, options, upload_name: str | None = None) -> dict:
+    """`search_atlas`'s JSON (hits exactly as the CLI prints them) with, per hit, `vid` and
+    `images` ({vid, thumbnail, wsi}); the query's images when it is an atlas slide; and `votes`."""
+    from threads_search.atlas.facets import vids_of
+    from threads_search.search.query import search_atlas
+
+    result = search_atlas(atlas, query, options)
+    payload = result.to_json()
+    available = image_availability(atlas, generation)
+    vids = vids_of(atlas, options.target, [h["id"] for h in result.hits])
+    for hit in payload["hits"]:
+        hit["vid"] = vids.get(hit["id"])
+        hit["images"] = _images(available, hit["id"], hit["vid"]) if hit["modality"] == "slides" else None
+    info = payload["query"]
+    if info.get("type") == "slide":
+        vid = vids_of(atlas, "slides", [info["id"]]).get(info["id"])
+        info["images"] = _images(available, info["id"], vid)
+    if upload_name is not None:
+        info["file"] = upload_name  # the server's temporary path means nothing to the client
+    payload["votes"] = vote_distribution(atlas, result, options)
+    return payload
