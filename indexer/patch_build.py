@@ -42,7 +42,7 @@ ADD_CHUNK_ROWS = 1024
 # one core. It sets the number of tuning queries for large collections (260 at 10^7 x 768).
 EXACT_FLOPS_BUDGET = 4e12
 MIN_TUNING_QUERIES = 100
-OPQ_ITERATIONS = 20
+PQ_ITERATIONS = 15
 
 
 class PatchStream(Protocol):
@@ -195,11 +195,6 @@ def _collect(stream: PatchStream, wanted: list[np.ndarray], report: Progress) ->
 
 def _configure(index: faiss.Index, params: dict, seed: int) -> None:
     """Seeds and iteration counts the factory string cannot carry."""
-    if isinstance(index, faiss.IndexPreTransform):
-        opq = faiss.downcast_VectorTransform(index.chain.at(0))
-        if isinstance(opq, faiss.OPQMatrix):
-            opq.niter = OPQ_ITERATIONS
-            opq.max_train_points = PQ_TRAIN_VECTORS
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is None:
         return
@@ -211,6 +206,10 @@ def _configure(index: faiss.Index, params: dict, seed: int) -> None:
     ivf = faiss.downcast_index(ivf)
     if hasattr(ivf, "pq"):
         ivf.pq.cp.seed = seed
+        ivf.pq.cp.niter = PQ_ITERATIONS
+        ivf.pq.cp.min_points_per_centroid = 1  # small collections train on fewer than 39 per codeword
+        ivf.pq.cp.max_points_per_centroid = PQ_TRAIN_VECTORS // 256
+        # Polysemous codes serve only Hamming pre-filtering, which is not used.
         ivf.do_polysemous_training = False
 
 

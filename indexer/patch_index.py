@@ -68,23 +68,26 @@ class PatchIndex:
         return np.asarray(self.ids[lo:hi])
 
 
-def patch_index_paths(stem: str | os.PathLike) -> dict[str, Path]:
+def patch_index_paths(stem: str | os.PathLike, companions: tuple[str, ...] = ()) -> dict[str, Path]:
     stem = Path(stem)
-    return {suffix: stem.with_name(stem.name + suffix) for suffix in (".faiss", ".ids.npy", ".ivfdata", ".json")}
+    suffixes = (".faiss", ".ids.npy", ".ivfdata", ".json") + tuple(companions)
+    return {suffix: stem.with_name(stem.name + suffix) for suffix in suffixes}
 
 
-def save_patch_index(built: PatchIndex, stem: str | os.PathLike) -> dict[str, Path]:
+def save_patch_index(built: PatchIndex, stem: str | os.PathLike, companions: tuple[str, ...] = ()) -> dict[str, Path]:
     """Write the index, its ids and its sidecar atomically under `stem`; returns the paths.
 
-    Lists kept on disk were written by the build straight to `<stem>.ivfdata`.
+    Lists kept on disk were written by the build straight to `<stem>.ivfdata`. `companions`
+    are suffixes of files the caller wrote beside it (e.g. a slide table): their sizes go
+    into the sidecar too, so a set mixing two builds is refused on load.
     """
-    paths = patch_index_paths(stem)
+    paths = patch_index_paths(stem, companions)
     paths[".faiss"].parent.mkdir(parents=True, exist_ok=True)
     files = {}
     _replace(paths[".faiss"], lambda target: faiss.write_index(built.index, str(target)))
     _replace(paths[".ids.npy"], lambda target: np.save(target, np.asarray(built.ids, dtype=np.int64),
                                                        allow_pickle=False))
-    for suffix in (".faiss", ".ids.npy", ".ivfdata"):
+    for suffix in (".faiss", ".ids.npy", ".ivfdata") + tuple(companions):
         if suffix == ".ivfdata" and not built.sidecar["build_params"].get("on_disk"):
             continue
         files[suffix] = paths[suffix].stat().st_size
@@ -97,8 +100,7 @@ def save_patch_index(built: PatchIndex, stem: str | os.PathLike) -> dict[str, Pa
 def load_patch_index(stem: str | os.PathLike) -> PatchIndex:
     """Read a saved patch index; raises IndexFileError if a file is missing, corrupt or does
     not match its sidecar."""
-    paths = patch_index_paths(stem)
-    sidecar_path = paths[".json"]
+    sidecar_path = patch_index_paths(stem)[".json"]
     try:
         sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -109,6 +111,7 @@ def load_patch_index(stem: str | os.PathLike) -> PatchIndex:
     if not isinstance(sidecar, dict) or sidecar.get("format_version") != PATCH_SIDECAR_VERSION:
         raise IndexFileError(f"patch index sidecar {sidecar_path} is not version {PATCH_SIDECAR_VERSION}; "
                              f"{REBUILD_HINT}")
+    paths = patch_index_paths(stem, tuple(sidecar.get("file_bytes", {})))
     for suffix, size in sidecar.get("file_bytes", {}).items():
         path = paths[suffix]
         if not path.is_file() or path.stat().st_size != size:
