@@ -25,6 +25,7 @@ import numpy as np
 from threads_search.errors import InputError
 from threads_search.indexer.patch_index import PATCH_SIDECAR_VERSION, PatchIndex
 from threads_search.indexer.patch_kinds import (
+    ADD_CHUNK_ROWS,
     MIN_POINTS_PER_LIST,
     PQ_TRAIN_VECTORS,
     choose_patch_kind,
@@ -35,9 +36,6 @@ from threads_search.indexer.patch_search import VectorSource, search_patches
 from threads_search.indexer.recall import RECALL_K, RECALL_QUERIES, StreamingTopK, recall_at_k
 
 DEFAULT_TARGET_RECALL = 0.95
-# Rows per faiss add call: IVF-PQ encodes through a (rows, 256 * m) float table (96 MiB for
-# 1024 rows at m = 96).
-ADD_CHUNK_ROWS = 1024
 # Flops the exact top-10 of the held-out queries may cost (q * n * d * 2): about a minute on
 # one core. It sets the number of tuning queries for large collections (260 at 10^7 x 768).
 EXACT_FLOPS_BUDGET = 4e12
@@ -110,9 +108,7 @@ def build_patch_index(stream: PatchStream, source: VectorSource | None = None, k
         keep = ~np.isin(np.arange(position, position + chunk_ids.size), held_out, assume_unique=True)
         position += chunk_ids.size
         chunk_ids, chunk_vectors = chunk_ids[keep], chunk_vectors[keep]
-        for start in range(0, chunk_ids.size, ADD_CHUNK_ROWS):
-            block = slice(start, start + ADD_CHUNK_ROWS)
-            index.add_with_ids(chunk_vectors[block], chunk_ids[block])
+        _add(index, chunk_ids, chunk_vectors)
         if exact is not None:
             exact.update(chunk_ids, chunk_vectors)
         ids[filled:filled + chunk_ids.size] = chunk_ids
@@ -128,8 +124,7 @@ def build_patch_index(stream: PatchStream, source: VectorSource | None = None, k
     tuned = _tune(PatchIndex(index, sorted_ids, {"kind": kind, "dimension": dim, "search_params": {}}),
                   spec, params, held_vectors, exact, source, target_recall, report)
     tuning_seconds = time.perf_counter() - started
-    if held_ids.size:
-        index.add_with_ids(held_vectors, held_ids)
+    _add(index, held_ids, held_vectors)
     ids.sort()
     repeated = np.flatnonzero(ids[1:] == ids[:-1])
     if repeated.size:
@@ -167,6 +162,13 @@ def build_patch_index(stream: PatchStream, source: VectorSource | None = None, k
     return PatchIndex(index=index, ids=ids, sidecar=sidecar)
 
 
+def _add(index: faiss.Index, ids: np.ndarray, vectors: np.ndarray) -> None:
+    """add_with_ids, ADD_CHUNK_ROWS rows per call (bounds faiss's PQ encoding tables)."""
+    for start in range(0, ids.size, ADD_CHUNK_ROWS):
+        block = slice(start, start + ADD_CHUNK_ROWS)
+        index.add_with_ids(np.ascontiguousarray(vectors[block]), np.ascontiguousarray(ids[block]))
+
+
 def tuning_query_count(n: int, dim: int) -> int:
     """Held-out tuning queries: up to RECALL_QUERIES, a tenth of n at most, fewer for large
     collections so that their exact answers cost at most EXACT_FLOPS_BUDGET."""
@@ -175,8 +177,9 @@ def tuning_query_count(n: int, dim: int) -> int:
 
 
 def _collect(stream: PatchStream, wanted: list[np.ndarray], report: Progress) -> list[tuple[np.ndarray, np.ndarray]]:
-    """One pass over the stream keeping the rows at the sorted global positions of each array."""
-    out = [([], []) for _ in wanted]
+    """One pass over the stream keeping the rows at the sorted global positions of each array
+    (filled in place: no list of pieces to concatenate, so the sample is held once)."""
+    out = [(np.empty(rows.size, np.int64), np.empty((rows.size, stream.dim), np.float32)) for rows in wanted]
     position = 0
     for chunk_ids, chunk_vectors in stream.chunks():
         end = position + chunk_ids.size
@@ -184,13 +187,11 @@ def _collect(stream: PatchStream, wanted: list[np.ndarray], report: Progress) ->
             lo, hi = np.searchsorted(rows, [position, end])
             if hi > lo:
                 local = rows[lo:hi] - position
-                ids.append(chunk_ids[local])
-                vectors.append(np.array(chunk_vectors[local], dtype=np.float32))
+                ids[lo:hi] = chunk_ids[local]
+                vectors[lo:hi] = chunk_vectors[local]
         position = end
         report(position, stream.n, "sampling")
-    dim = stream.dim
-    return [(np.concatenate(ids) if ids else np.empty(0, np.int64),
-             np.concatenate(vectors) if vectors else np.empty((0, dim), np.float32)) for ids, vectors in out]
+    return out
 
 
 def _configure(index: faiss.Index, params: dict, seed: int) -> None:

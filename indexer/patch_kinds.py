@@ -43,12 +43,22 @@ TRAIN_POINTS_PER_LIST = 16
 KMEANS_ITERATIONS = 10
 # PQ codebooks are trained on at most this many vectors (64 per codeword).
 PQ_TRAIN_VECTORS = 16_384
-# Share of the memory budget the training sample may take.
+# Share of the memory budget (above the fixed overhead) the training sample may take, and what training holds per
+# sample byte: the sample, faiss's residuals of it (IVF-PQ) and k-means temporaries
+# (measured: 25 MiB of 768-d samples peaked at ~75 MiB while an IVF-PQ trained).
 TRAIN_BUDGET_SHARE = 0.25
+TRAIN_MEMORY_FACTOR = 3
 # std::vector doubling: while lists grow their capacity reaches up to twice their content.
 LIST_GROWTH_SLACK = 2.0
-# Temporaries of one added chunk (vectors, codes, faiss's PQ distance tables), bytes.
-ADD_WORKSPACE_BYTES = 160 * 2**20
+# What a build holds whatever the collection: HDF5 metadata caches, Python objects, and the
+# allocator's retention of freed chunk buffers (glibc keeps up to 32 MiB blocks on its heap
+# once its mmap threshold has risen). Measured: ~20 MiB above the index's own buffers.
+FIXED_OVERHEAD_BYTES = 24 * 2**20
+# Rows per faiss add call: IVF-PQ encodes a call through a (rows, 256 * m) float table
+# (24 MiB for 256 rows at m = 96).
+ADD_CHUNK_ROWS = 256
+# Rows a stream reads from a feature file at a time (and the exact top-10 scores per chunk).
+STREAM_CHUNK_ROWS = 2048
 # Candidates re-scored from the feature files per requested result.
 RERANK_K_FACTOR = {"ivfsq": 4, "ivfpq": 16}
 
@@ -99,12 +109,20 @@ class PatchKindSpec:
     def build_peak_bytes(self, n: int, dim: int, params: dict) -> int:
         """Peak memory of a streaming build: the training sample, or the growing lists (with
         their growth slack; a shard of them when on disk) plus one chunk's workspace."""
-        train = params.get("train_size", 0) * dim * 4
+        train = TRAIN_MEMORY_FACTOR * params.get("train_size", 0) * dim * 4
         list_bytes = n * (self.code_bytes(dim, params) + 8)
         if params.get("on_disk"):
             list_bytes = params["shard_vectors"] * (self.code_bytes(dim, params) + 8)
-        adding = LIST_GROWTH_SLACK * list_bytes + ADD_WORKSPACE_BYTES
-        return int(max(train, adding) + self.table_bytes(dim, params))
+        adding = LIST_GROWTH_SLACK * list_bytes + self.workspace_bytes(dim, params)
+        return int(max(train, adding) + self.table_bytes(dim, params) + FIXED_OVERHEAD_BYTES)
+
+    def workspace_bytes(self, dim: int, params: dict) -> int:
+        """Temporaries while adding: a streamed chunk (stored dtype, float32, normalised copy,
+        exact scores of up to 1000 tuning queries) and one faiss add call (its vectors, coarse
+        distances and, for PQ, the distance tables)."""
+        stream = STREAM_CHUNK_ROWS * (10 * dim + 4 * 1000)
+        add = ADD_CHUNK_ROWS * (4 * dim + 8 * params.get("nlist", 1) + 4 * 256 * params.get("pq_m", 0))
+        return stream + add
 
 
 PATCH_KINDS: dict[str, PatchKindSpec] = {
@@ -156,7 +174,7 @@ def patch_build_params(kind: str, n: int, dim: int, budget: int, pq_m: int | Non
     wanted = nlist * TRAIN_POINTS_PER_LIST
     if spec.name == "ivfpq":
         wanted = max(wanted, PQ_TRAIN_VECTORS)
-    affordable = int(TRAIN_BUDGET_SHARE * budget // (4 * dim))
+    affordable = int(TRAIN_BUDGET_SHARE * max(budget - FIXED_OVERHEAD_BYTES, 0) // (4 * dim))
     params = {"nlist": nlist, "train_size": max(1, min(n, wanted, max(affordable, nlist))),
               "kmeans_iterations": KMEANS_ITERATIONS, "on_disk": bool(on_disk)}
     if spec.name == "ivfpq":
@@ -168,7 +186,7 @@ def patch_build_params(kind: str, n: int, dim: int, budget: int, pq_m: int | Non
     if on_disk:
         # Shards built in memory before they are merged into the on-disk lists.
         per_vector = LIST_GROWTH_SLACK * (spec.code_bytes(dim, params) + 8)
-        params["shard_vectors"] = max(1024, int((budget / 2 - ADD_WORKSPACE_BYTES) // per_vector))
+        params["shard_vectors"] = max(1024, int((budget / 2 - spec.workspace_bytes(dim, params)) // per_vector))
     return params
 
 

@@ -32,7 +32,7 @@ EXACT_MAX_IDS = 16_384
 SELECTOR_MAX_IDS = 1 << 21
 RANGE_SELECTOR_MAX_SLIDES = 8
 # Queries re-scored together (their candidates' vectors are gathered at once).
-RERANK_BLOCK_QUERIES = 64
+RERANK_BLOCK_QUERIES = 16
 # Largest over-fetch of a post-filtered search (faiss keeps a heap of that size per query).
 MAX_FETCH = 65_536
 
@@ -207,7 +207,11 @@ def exact_patch_search(candidate_ids: np.ndarray, queries: np.ndarray, k: int, s
 
 
 def _rerank(queries: np.ndarray, ids: np.ndarray, k: int, source: VectorSource) -> PatchHits:
-    """Re-score each row's candidate ids with the source's exact vectors; top k."""
+    """Re-score each row's candidate ids with the source's exact vectors; top k.
+
+    Queries go RERANK_BLOCK_QUERIES at a time: the distinct candidates of a block are read
+    once and scored against the block (16 x 160 candidates: 8 MiB of 768-d vectors).
+    """
     out_scores = np.full((queries.shape[0], k), -np.inf, np.float32)
     out_ids = np.full((queries.shape[0], k), -1, np.int64)
     unreadable = 0
@@ -220,7 +224,7 @@ def _rerank(queries: np.ndarray, ids: np.ndarray, k: int, source: VectorSource) 
         vectors, readable = source.vectors(unique)
         unreadable += int((~readable).sum())
         position = np.searchsorted(unique, block_ids).clip(max=unique.size - 1)
-        scores = np.einsum("qd,qjd->qj", queries[rows], vectors[position])
+        scores = np.take_along_axis(queries[rows] @ vectors.T, position, axis=1)
         valid = (block_ids >= 0) & readable[position]
         top = _top_k(np.where(valid, scores, -np.inf), np.where(valid, block_ids, -1), k, 0)
         out_scores[rows], out_ids[rows] = top.scores, top.ids

@@ -27,10 +27,9 @@ from threads_search.atlas.patch_indexes import (
 from threads_search.atlas.slide_bags import slide_records, verify_unchanged
 from threads_search.atlas.store import Atlas
 from threads_search.errors import AtlasError, InputError
+from threads_search.indexer.patch_kinds import STREAM_CHUNK_ROWS as READ_ROWS
 from threads_search.readers.feature_rows import FeatureLayout, FeatureRowReader, StaleFeatureFile, feature_layout
 
-# Rows read from a feature file at a time while streaming (48 MiB of float32 at 768-d).
-READ_ROWS = 16_384
 
 
 @dataclass(frozen=True)
@@ -123,7 +122,9 @@ class AtlasPatchVectors:
                 self.stale_vids.add(vid)
                 continue
             readable[group] = True
-        return normalised(out), readable
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        np.divide(out, norms, out=out, where=norms > 0)
+        return out, readable
 
     def close(self) -> None:
         self.reader.close()

@@ -137,34 +137,28 @@ class FeatureRowReader:
         dtype = np.dtype(layout.dtype)
         order = np.argsort(rows, kind="stable")
         sorted_rows = rows[order]
-        start = 0
-        while start < sorted_rows.size:
-            # One read per run of consecutive rows (a region's patches are often neighbours).
-            stop = start + 1
-            while (stop < sorted_rows.size and sorted_rows[stop] == sorted_rows[stop - 1] + 1
-                   and not self._crosses_chunk(layout, sorted_rows[start], sorted_rows[stop])):
-                stop += 1
-            first = int(sorted_rows[start])
-            payload = os.pread(descriptor, row_bytes * (stop - start), self._row_offset(layout, first))
-            if len(payload) != row_bytes * (stop - start):
-                raise StaleFeatureFile(f"{layout.path}: truncated at row {first}")
-            out[order[start:stop]] = np.frombuffer(payload, dtype=dtype).reshape(stop - start, layout.dim)
-            start = stop
-        return out
-
-    @staticmethod
-    def _crosses_chunk(layout: FeatureLayout, first: int, row: int) -> bool:
-        return layout.kind == "chunked" and first // layout.chunk_rows != row // layout.chunk_rows
-
-    @staticmethod
-    def _row_offset(layout: FeatureLayout, row: int) -> int:
+        # One read per run of consecutive rows (a region's patches are often neighbours); a run
+        # never crosses a chunk boundary.
+        breaks = np.diff(sorted_rows) != 1
+        if layout.kind == "chunked":
+            breaks |= np.diff(sorted_rows // layout.chunk_rows) != 0
+        starts = np.concatenate([[0], np.flatnonzero(breaks) + 1]) if rows.size else np.empty(0, np.int64)
+        stops = np.append(starts[1:], rows.size)
+        firsts = sorted_rows[starts]
         if layout.kind == "contiguous":
-            return layout.offset + row * layout.row_bytes
-        chunk, within = divmod(row, layout.chunk_rows)
-        chunk_offset = layout.chunk_offsets[chunk]
-        if chunk_offset < 0:
-            raise StaleFeatureFile(f"{layout.path}: chunk of row {row} was never written")
-        return chunk_offset + within * layout.row_bytes
+            offsets = layout.offset + firsts * row_bytes
+        else:
+            chunk_offsets = np.asarray(layout.chunk_offsets, dtype=np.int64)[firsts // layout.chunk_rows]
+            if (chunk_offsets < 0).any():
+                raise StaleFeatureFile(f"{layout.path}: a chunk of the requested rows was never written")
+            offsets = chunk_offsets + (firsts % layout.chunk_rows) * row_bytes
+        sizes = (stops - starts) * row_bytes
+        payload = b"".join([os.pread(descriptor, size, offset)
+                            for size, offset in zip(sizes.tolist(), offsets.tolist())])
+        if len(payload) != int(sizes.sum()):
+            raise StaleFeatureFile(f"{layout.path}: shorter than its recorded layout")
+        out[order] = np.frombuffer(payload, dtype=dtype).reshape(rows.size, layout.dim)
+        return out
 
     def _check(self, layout: FeatureLayout) -> None:
         known = self._checked.get(layout.path)
