@@ -1,5 +1,5 @@
 """A patch index on disk: `<stem>.faiss`, `<stem>.ids.npy` (the sorted patch ids it holds),
-optionally `<stem>.ivfdata` (inverted lists on disk), and the JSON sidecar `<stem>.json`.
+and the JSON sidecar `<stem>.json`.
 
 Every file is written under a temporary name and renamed into place, the sidecar last; the
 sidecar records each file's size, so a half-replaced set is detected on load.
@@ -70,15 +70,14 @@ class PatchIndex:
 
 def patch_index_paths(stem: str | os.PathLike, companions: tuple[str, ...] = ()) -> dict[str, Path]:
     stem = Path(stem)
-    suffixes = (".faiss", ".ids.npy", ".ivfdata", ".json") + tuple(companions)
+    suffixes = (".faiss", ".ids.npy", ".json") + tuple(companions)
     return {suffix: stem.with_name(stem.name + suffix) for suffix in suffixes}
 
 
 def save_patch_index(built: PatchIndex, stem: str | os.PathLike, companions: tuple[str, ...] = ()) -> dict[str, Path]:
     """Write the index, its ids and its sidecar atomically under `stem`; returns the paths.
 
-    Lists kept on disk were written by the build straight to `<stem>.ivfdata`. `companions`
-    are suffixes of files the caller wrote beside it (e.g. a slide table): their sizes go
+    `companions` are suffixes of files the caller wrote beside it (e.g. a slide table): their sizes go
     into the sidecar too, so a set mixing two builds is refused on load.
     """
     paths = patch_index_paths(stem, companions)
@@ -87,9 +86,7 @@ def save_patch_index(built: PatchIndex, stem: str | os.PathLike, companions: tup
     _replace(paths[".faiss"], lambda target: faiss.write_index(built.index, str(target)))
     _replace(paths[".ids.npy"], lambda target: np.save(target, np.asarray(built.ids, dtype=np.int64),
                                                        allow_pickle=False))
-    for suffix in (".faiss", ".ids.npy", ".ivfdata") + tuple(companions):
-        if suffix == ".ivfdata" and not built.sidecar["build_params"].get("on_disk"):
-            continue
+    for suffix in (".faiss", ".ids.npy") + tuple(companions):
         files[suffix] = paths[suffix].stat().st_size
     sidecar = dict(built.sidecar, count=built.count, file_bytes=files)
     _replace(paths[".json"], lambda target: target.write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n"))
@@ -116,9 +113,8 @@ def load_patch_index(stem: str | os.PathLike) -> PatchIndex:
         path = paths[suffix]
         if not path.is_file() or path.stat().st_size != size:
             raise IndexFileError(f"{path} is missing or does not match its sidecar {sidecar_path}; {REBUILD_HINT}")
-    flags = faiss.IO_FLAG_ONDISK_SAME_DIR if sidecar["build_params"].get("on_disk") else 0
     try:
-        index = faiss.read_index(str(paths[".faiss"]), flags)
+        index = faiss.read_index(str(paths[".faiss"]))
         ids = np.load(paths[".ids.npy"], mmap_mode="r", allow_pickle=False)
     except (RuntimeError, ValueError, OSError) as error:
         raise IndexFileError(f"patch index {paths['.faiss']} is corrupt or unreadable "

@@ -18,8 +18,8 @@ No OPQ rotation: faiss's OPQ training took 78 s for 5,000 768-d vectors (20 iter
 project's two-core machine, about 4 s per iteration that grows with the sample; the exact
 re-ranking from the feature files recovers what plain PQ codes lose.
 
-Every kind can keep its inverted lists on disk instead (`on_disk`): a memory-mapped
-`.ivfdata` file beside the index, so only the centroids and tables stay resident.
+A budget too small for the smallest in-memory codes is refused with the size needed; past one
+machine the route is shards by slide (docs/ARCHITECTURE.md), not on-disk lists.
 """
 
 from __future__ import annotations
@@ -102,17 +102,14 @@ class PatchKindSpec:
         return tables
 
     def resident_bytes(self, n: int, dim: int, params: dict) -> int:
-        """Memory of the loaded index holding n vectors (lists on disk: tables only)."""
-        lists = 0 if params.get("on_disk") else n * (self.code_bytes(dim, params) + 8)
-        return lists + self.table_bytes(dim, params)
+        """Memory of the loaded index holding n vectors."""
+        return n * (self.code_bytes(dim, params) + 8) + self.table_bytes(dim, params)
 
     def build_peak_bytes(self, n: int, dim: int, params: dict) -> int:
-        """Peak memory of a streaming build: the training sample, or the growing lists (with
-        their growth slack; a shard of them when on disk) plus one chunk's workspace."""
+        """Peak memory of a streaming build: training on the sample, or the growing lists (with
+        their growth slack) plus one chunk's workspace, plus the fixed overhead."""
         train = TRAIN_MEMORY_FACTOR * params.get("train_size", 0) * dim * 4
         list_bytes = n * (self.code_bytes(dim, params) + 8)
-        if params.get("on_disk"):
-            list_bytes = params["shard_vectors"] * (self.code_bytes(dim, params) + 8)
         adding = LIST_GROWTH_SLACK * list_bytes + self.workspace_bytes(dim, params)
         return int(max(train, adding) + self.table_bytes(dim, params) + FIXED_OVERHEAD_BYTES)
 
@@ -163,30 +160,25 @@ def pq_code_sizes(dim: int) -> list[int]:
     return sizes
 
 
-def patch_build_params(kind: str, n: int, dim: int, budget: int, pq_m: int | None = None,
-                       on_disk: bool = False) -> dict:
+def patch_build_params(kind: str, n: int, dim: int, budget: int, pq_m: int | None = None) -> dict:
     """Construction parameters of `kind` for n vectors within `budget` bytes (recorded in the
     sidecar). The training sample is capped at TRAIN_BUDGET_SHARE of the budget."""
     spec = get_patch_kind(kind)
     if spec.name == "flat":
-        return {"on_disk": False}
+        return {}
     nlist = patch_nlist(n)
     wanted = nlist * TRAIN_POINTS_PER_LIST
     if spec.name == "ivfpq":
         wanted = max(wanted, PQ_TRAIN_VECTORS)
     affordable = int(TRAIN_BUDGET_SHARE * max(budget - FIXED_OVERHEAD_BYTES, 0) // (4 * dim))
     params = {"nlist": nlist, "train_size": max(1, min(n, wanted, max(affordable, nlist))),
-              "kmeans_iterations": KMEANS_ITERATIONS, "on_disk": bool(on_disk)}
+              "kmeans_iterations": KMEANS_ITERATIONS}
     if spec.name == "ivfpq":
         if n < 256:
             raise InputError(f"ivfpq needs at least 256 patches to train its codebooks, got {n}; use --kind flat")
         params["pq_m"] = pq_m or pq_code_sizes(dim)[0]
     if spec.rerank:
         params["rerank_k_factor"] = RERANK_K_FACTOR[spec.name]
-    if on_disk:
-        # Shards built in memory before they are merged into the on-disk lists.
-        per_vector = LIST_GROWTH_SLACK * (spec.code_bytes(dim, params) + 8)
-        params["shard_vectors"] = max(1024, int((budget / 2 - spec.workspace_bytes(dim, params)) // per_vector))
     return params
 
 
@@ -198,7 +190,7 @@ def choose_patch_kind(n: int, dim: int, budget: int, rerank_available: bool = Tr
     2. "ivf" (float32 lists: no re-ranking needed);
     3. "ivfsq" (8-bit codes, a quarter of the memory);
     4. "ivfpq" with d/8, then d/16 bytes per code;
-    5. otherwise "ivfpq" with d/16 bytes per code and its lists on disk.
+    otherwise InputError naming the size the smallest would need.
     Without a `VectorSource` to re-rank from, only the uncompressed kinds are considered.
     """
     if n < 1 or dim < 1:
@@ -216,15 +208,7 @@ def choose_patch_kind(n: int, dim: int, budget: int, rerank_available: bool = Tr
     for kind, params in candidates:
         if get_patch_kind(kind).build_peak_bytes(n, dim, params) <= budget:
             return kind, params
-    if not rerank_available or n < 256:
-        kind, params = candidates[-1]
-        needed = get_patch_kind(kind).build_peak_bytes(n, dim, params)
-        raise InputError(f"--max-memory {budget} bytes is too small for {n} patches of dimension {dim}: "
-                         f"the smallest index here needs about {needed} bytes")
-    smallest = pq_code_sizes(dim)[-1]
-    params = patch_build_params("ivfpq", n, dim, budget, pq_m=smallest, on_disk=True)
-    needed = get_patch_kind("ivfpq").build_peak_bytes(n, dim, params)
-    if needed > budget:
-        raise InputError(f"--max-memory {budget} bytes is too small even for on-disk lists of {n} patches "
-                         f"(about {needed} bytes needed)")
-    return "ivfpq", params
+    kind, params = candidates[-1]
+    needed = get_patch_kind(kind).build_peak_bytes(n, dim, params)
+    raise InputError(f"--max-memory {budget} bytes is too small for {n} patches of dimension {dim}: the smallest "
+                     f"index here ({kind}) needs about {needed} bytes; raise it, index a --mosaic, or shard by slide")

@@ -63,6 +63,8 @@ class AtlasEvaluation:
     notes: list[str] = field(default_factory=list)
     baseline_id: str | None = None
     selection: dict = field(default_factory=dict)  # label and the two SQL expressions
+    regions: object | None = None  # RetrievalReport of region votes (`eval --by regions`)
+    regions_method: dict | None = None
 
     @property
     def overlap_patients(self) -> int:
@@ -83,6 +85,12 @@ class AtlasEvaluation:
             payload["baselines"]["meanpool"] = baseline["metrics"]
             details = ("ci95", "per_class", "precision_at")
             payload["baseline_details"] = {"meanpool": {key: baseline[key] for key in details}}
+        if self.regions is not None:
+            regions = self.regions.to_dict()
+            payload["baselines"]["region_votes"] = regions["metrics"]
+            payload.setdefault("baseline_details", {})["region_votes"] = {
+                key: regions[key] for key in ("ci95", "per_class", "precision_at")}
+            payload["region_votes"] = self.regions_method
         payload["notes"] = list(self.notes)
         return payload
 
@@ -186,13 +194,17 @@ def _baseline_report(atlas: Atlas, model_id: str, queries: Selection, database: 
 
 def evaluate_atlas(atlas: Atlas, label: str, queries_sql: str | None, database_sql: str | None,
                    query_modality: str = "slides", target: str = "slides", ks=(1, 5, 10), n_bootstrap: int = 1000,
-                   seed: int = 0, model_id: str | None = None) -> AtlasEvaluation:
+                   seed: int = 0, model_id: str | None = None, by: str = "embeddings") -> AtlasEvaluation:
     """Retrieval metrics (SPEC §7) of a model, and of mean pooling on the same items, with
     patient-bootstrap CIs and the exact chance level.
 
     Relevant = same `label` value; items of a query's own patient are never ranked for it.
-    Items selected on both sides stay on both sides (reported as overlap).
+    Items selected on both sides stay on both sides (reported as overlap). `by="regions"` adds
+    slide -> slide retrieval through region votes of the patch index on the same items
+    (`jobs.region_eval`).
     """
+    if by not in ("embeddings", "regions"):
+        raise InputError(f"--by {by}: expected embeddings or regions")
     _check_modality(query_modality, "--query-modality")
     _check_modality(target, "--target")
     _check_label(atlas, label)
@@ -209,6 +221,11 @@ def evaluate_atlas(atlas: Atlas, label: str, queries_sql: str | None, database_s
     baseline_id, baseline = _baseline_report(atlas, model_id, queries, database, cutoffs, n_bootstrap, seed, notes)
     evaluation = AtlasEvaluation(model_id, report, baseline, queries, database, notes, baseline_id,
                                  {"label": label, "queries": queries_sql, "database": database_sql})
+    if by == "regions":
+        from threads_search.jobs.region_eval import evaluate_by_regions
+
+        evaluation.regions, evaluation.regions_method = evaluate_by_regions(atlas, queries, database, cutoffs,
+                                                                            n_bootstrap, seed, notes)
     if evaluation.overlap_patients:
         notes.append(f"{evaluation.overlap_patients} of the {len(set(queries.patients))} query patients also have "
                      "database items; those are never ranked for their own patient's queries")

@@ -5,9 +5,9 @@ The query's patches are those of its slide whose centre lies in the box `X,Y,W,H
 pixels; patches that merely overlap it when no centre does), or the one patch `--patch N` (row
 N of the feature file). Each query patch is searched in the patch index (the patch encoder's
 space). Region hits are patches, scored by their best similarity to any query patch. With
-`group_by="slide"`, each query patch's top `votes_per_patch` hits vote for their slides with
-weight similarity / log2(1 + rank) (a DCG discount: a hit at rank 1 counts fully, at rank 20
-about a quarter), averaged over the query patches; slides rank by that vote score, ties by vid.
+`group_by="slide"`, each query patch's top `votes_per_patch` hits vote for their slides (see
+`slide_votes`: weighted by similarity above the query patch's last hit, and by rank), averaged
+over the query patches; slides rank by that vote score, ties by vid.
 Filters (`where`) and same-patient exclusion apply inside the patch search, so they hold for
 region hits and grouped slides alike. The query slide itself is never its own hit.
 """
@@ -31,7 +31,7 @@ from threads_search.search.query import SearchResult, _plain, default_label, hit
 
 # Query patches searched at most; a larger box is subsampled evenly (the note says so).
 MAX_QUERY_PATCHES = 64
-DEFAULT_VOTES_PER_PATCH = 20
+DEFAULT_VOTES_PER_PATCH = 50
 GROUP_BY_CHOICES = ("slide",)
 
 
@@ -230,16 +230,23 @@ class RegionSearcher:
 def slide_votes(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Vote of each query patch's ranked hits for their slides.
 
-    scores, ids: (q, v) per query patch, best first (-1 padding). A hit at rank r (1-based)
-    with similarity s adds max(s, 0) / log2(1 + r) to its slide; totals are divided by q.
+    scores, ids: (q, v) per query patch, best first (-1 padding). The hit at rank r (1-based)
+    with similarity s_r adds (s_r - s_last)^2 / log2(1 + r) to its slide, s_last being the
+    query patch's lowest returned similarity; totals are divided by q.
+    Why the margin: a patch of generic tissue (stroma, fat) finds many equally similar patches
+    on every slide, a flat profile that votes for nothing in particular; a distinctive patch
+    (tumour carrying the molecular state) finds a few much closer ones. On the quick generated
+    cohort (held-out slides, 50 hits per patch) mAP@5 was 0.114 with plain similarity / log2(1 + r)
+    votes, 0.446 with this weight (chance 0.068).
     Returns (vids, vote scores, hit counts), best first, ties by smaller vid.
     """
     from threads_search.indexer.patch_ids import decode_patch_ids
 
     vids, _ = decode_patch_ids(ids)
-    ranks = np.arange(1, ids.shape[1] + 1)
-    weights = np.where(ids >= 0, np.maximum(scores, 0) / np.log2(1 + ranks), 0.0)
     valid = ids >= 0
+    last = np.where(valid, scores, np.inf).min(axis=1, keepdims=True)
+    ranks = np.arange(1, ids.shape[1] + 1)
+    weights = np.where(valid, np.maximum(scores - last, 0) ** 2 / np.log2(1 + ranks), 0.0)
     unique, inverse = np.unique(vids[valid], return_inverse=True)
     totals = np.bincount(inverse, weights=weights[valid], minlength=unique.size) / max(ids.shape[0], 1)
     counts = np.bincount(inverse, minlength=unique.size)
