@@ -52,9 +52,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--query-threads", type=int, default=1, help="faiss/BLAS threads of the query children")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench-regions"))
     parser.add_argument("--no-lance", action="store_true")
+    parser.add_argument("--lance-timeout", type=int, default=2700, help="seconds LanceDB may take per N")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="regions")
+    parser.add_argument("--append", action="store_true", help="keep the other sizes already in <name>.json")
     parser.add_argument("--child", choices=["build", "query", "numpy", "lance"], help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     return parser.parse_args()
@@ -118,7 +120,8 @@ def write_features(n: int, dim: int, n_queries: int, folder: Path) -> np.ndarray
     for chunk in clustered_unit_vector_chunks(n + n_queries, dim, seed=0):
         take = max(0, min(chunk.shape[0], n - seen))
         seen += chunk.shape[0]
-        queries.append(chunk[take:])
+        if take < chunk.shape[0]:
+            queries.append(chunk[take:].copy())  # a copy: a view would keep the whole chunk alive
         pending.append(chunk[:take].astype(np.float16))
         buffered = np.concatenate(pending)
         while buffered.shape[0] >= SLIDE_PATCHES:
@@ -341,7 +344,11 @@ def run_child(kind: str, args, n: int) -> dict:
     threads = args.query_threads if kind in ("query", "numpy") else args.threads
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
     started = time.perf_counter()
-    completed = subprocess.run(command, capture_output=True, text=True, env=env)
+    try:
+        completed = subprocess.run(command, capture_output=True, text=True, env=env,
+                                   timeout=args.lance_timeout if kind == "lance" else None)
+    except subprocess.TimeoutExpired:
+        return {"error": f"did not finish within {args.lance_timeout} s", "wall_s": time.perf_counter() - started}
     if completed.returncode != 0:
         print(completed.stderr[-3000:], flush=True)
         return {"error": completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else "failed",
@@ -473,8 +480,14 @@ def main() -> None:
               "query_threads": args.query_threads,
               "max_memory": args.max_memory, "sizes": []}
     args.out.mkdir(parents=True, exist_ok=True)
+    previous = args.out / f"{args.name}.json"
+    if args.append and previous.is_file():
+        earlier = json.loads(previous.read_text())
+        report["sizes"] = [size for size in earlier["sizes"] if size["n"] not in sizes]
+        report["command"] = earlier["command"] + "; then " + report["command"]
     for n in sizes:
         report["sizes"].append(bench_size(n, args))
+        report["sizes"].sort(key=lambda size: size["n"])
         (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
         (args.out / f"{args.name}.md").write_text(markdown(report))
     print(markdown(report))

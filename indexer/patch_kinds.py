@@ -24,7 +24,6 @@ machine the route is shards by slide (docs/ARCHITECTURE.md), not on-disk lists.
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
 
@@ -137,11 +136,9 @@ PATCH_KINDS: dict[str, PatchKindSpec] = {
 
 def get_patch_kind(name: str) -> PatchKindSpec:
     """The spec registered as `name`; unknown names are answered with the close matches."""
-    if name in PATCH_KINDS:
-        return PATCH_KINDS[name]
-    close = difflib.get_close_matches(name, list(PATCH_KINDS), n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise InputError(f"unknown patch index kind {name!r} (choose auto, {', '.join(PATCH_KINDS)}){hint}")
+    from threads_search.indexer.kinds import find_registered
+
+    return find_registered(PATCH_KINDS, name, "patch index kind")
 
 
 def patch_nlist(n: int) -> int:

@@ -7,7 +7,8 @@ N of the feature file). Each query patch is searched in the patch index (the pat
 space). Region hits are patches, scored by their best similarity to any query patch. With
 `group_by="slide"`, each query patch's top `votes_per_patch` hits vote for their slides (see
 `slide_votes`: weighted by similarity above the query patch's last hit, and by rank), averaged
-over the query patches; slides rank by that vote score, ties by vid.
+over the query patches; slides rank by that vote score, ties by vid, and show their share of
+all votes as their score.
 Filters (`where`) and same-patient exclusion apply inside the patch search, so they hold for
 region hits and grouped slides alike. The query slide itself is never its own hit.
 """
@@ -307,13 +308,15 @@ def _region_hits(atlas: Atlas, searcher: RegionSearcher, scores: np.ndarray, ids
 
 
 def _slide_hits(atlas: Atlas, searcher: RegionSearcher, scores: np.ndarray, ids: np.ndarray, k: int) -> list[dict]:
-    """Slides ranked by region votes, each with its best-matching region."""
+    """Slides ranked by region votes, each with its best-matching region; a slide's score is its
+    share of all the votes cast (the shares of every voted slide sum to 1)."""
     from threads_search.indexer.patch_ids import decode_patch_ids
 
     vids, totals, counts = slide_votes(scores, ids)
+    shares = totals / totals.sum() if totals.size and totals.sum() > 0 else totals
     hit_vids, _ = decode_patch_ids(ids)
     entries = []
-    for vid, total, count in zip(vids[:k], totals[:k], counts[:k]):
+    for vid, total, count in zip(vids[:k], shares[:k], counts[:k]):
         mask = hit_vids == vid
         position = np.argmax(np.where(mask, scores, -np.inf))
         best_id = int(ids.flat[position])
