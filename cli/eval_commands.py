@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import typer
 
 from threads_search.cli.options import QUIET, Modality, choice, value
 from threads_search.cli.render import table, warn
+
+
+class EvalBy(str, Enum):
+    embeddings = "embeddings"
+    regions = "regions"
 
 
 def parse_ints(text: str, option: str) -> tuple[int, ...]:
@@ -42,12 +48,16 @@ def render_evaluation(evaluation, k_focus: int | None = None) -> str:
     payload = evaluation.to_json()
     ks = payload["ks"]
     baselines = payload["baselines"]
-    header = ["metric", "model [95% CI]"] + (["mean pooling"] if "meanpool" in baselines else []) + ["chance"]
+    header = ["metric", "model [95% CI]"] + (["mean pooling"] if "meanpool" in baselines else []) + \
+        (["region votes [95% CI]"] if "region_votes" in baselines else []) + ["chance"]
     rows = []
     for metric in (f"{name}@{k}" for k in ks for name in METRIC_NAMES):
         row = [metric, _cell(payload["metrics"].get(metric), payload["ci95"].get(metric))]
         if "meanpool" in baselines:
             row.append(_cell(baselines["meanpool"].get(metric)))
+        if "region_votes" in baselines:
+            row.append(_cell(baselines["region_votes"].get(metric),
+                             payload["baseline_details"]["region_votes"]["ci95"].get(metric)))
         row.append(_cell(baselines["chance"].get(metric)))
         rows.append(row)
     focus = k_focus if k_focus in ks else (5 if 5 in ks else ks[0])
@@ -79,7 +89,8 @@ def evaluate(atlas: Path = typer.Argument(..., help="Atlas folder."),
              model: str = typer.Option(None, "--model", help="Model id or prefix (default: the newest trained model)."),
              json_path: Path = typer.Option(None, "--json", help="Write the report as JSON."),
              plots: Path = typer.Option(None, "--plots", help="Folder for PNG plots."),
-             quiet: bool = QUIET) -> None:
+             quiet: bool = QUIET,
+             by: EvalBy = choice(EvalBy.embeddings, "--by", help="embeddings, or also regions: slide -> slide retrieval by region votes of the patch index, on the same queries.")) -> None:
     """Retrieval mAP@K, Acc@K, MV@K (+ trec mAP) with CIs, per class, beside mean pooling and chance."""
     from threads_search.atlas.store import open_atlas
     from threads_search.jobs.evaluate import evaluate_atlas, write_evaluation
@@ -88,6 +99,10 @@ def evaluate(atlas: Path = typer.Argument(..., help="Atlas folder."),
     with open_atlas(atlas, read_only=True) as opened:
         evaluation = evaluate_atlas(opened, label, queries, database, value(query_modality), value(target), ks, bootstrap,
                                     seed, model)
+        if value(by) == "regions":
+            from threads_search.search.region_eval import add_region_votes
+
+            add_region_votes(opened, evaluation, ks, bootstrap, seed)
     warn(list(evaluation.report.warnings) + evaluation.notes)
     typer.echo(render_evaluation(evaluation))
     for path in write_evaluation(evaluation, json_path, plots):

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from threads_search.cli.options import QUIET, Device, IndexKind, choice, device_name, flag, value
+from threads_search.cli.region_commands import Level
 from threads_search.cli.render import progress_bar, table, warn
 
 
@@ -73,8 +74,16 @@ def index(atlas: Path = typer.Argument(..., help="Atlas folder."),
           max_memory: str = typer.Option(None, "--max-memory", help="Memory budget for an index, e.g. 2GB or 500MB."),
           rebuild: bool = flag("--rebuild", help="Build anew instead of adding new items."),
           all_models: bool = flag("--all-models", help="Index every model that has embeddings."),
+          level: Level = choice(Level.slides, "--level", help="slides (one vector per item) or patches (every patch feature, for region search)."),
+          mosaic: float = typer.Option(None, "--mosaic", help="Patches only: keep this share of each slide's patches (seeded k-means mosaic, e.g. 0.05)."),
+          seed: int = typer.Option(0, "--seed"),
           quiet: bool = QUIET) -> None:
     """Build (or extend) one FAISS index per modality; recall@10 is measured and recorded."""
+    if level == Level.patches:
+        from threads_search.cli.region_commands import index_patches
+
+        index_patches(atlas, value(kind), parse_bytes(max_memory), mosaic, seed, quiet)
+        return
     from threads_search.atlas.store import open_atlas
     from threads_search.jobs.index import build_atlas_indexes
     from threads_search.atlas.stored_models import resolve_model_id

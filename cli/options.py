@@ -11,7 +11,7 @@ import enum
 import typer
 
 from threads_search.atlas.schema import MODALITIES, PROFILE_MODALITIES
-from threads_search.indexer.kind_names import KIND_NAMES
+from threads_search.indexer.kind_names import KIND_NAMES, PATCH_KIND_NAMES
 
 
 def _choices(name: str, values) -> type[enum.Enum]:
@@ -20,7 +20,8 @@ def _choices(name: str, values) -> type[enum.Enum]:
 
 Modality = _choices("Modality", MODALITIES)
 ProfileModality = _choices("ProfileModality", PROFILE_MODALITIES)
-IndexKind = _choices("IndexKind", ("auto", *KIND_NAMES))
+# One --kind for both levels; `index` refuses a kind its level does not have (ivfsq: patches only, hnsw: slides only).
+IndexKind = _choices("IndexKind", ("auto", *dict.fromkeys(KIND_NAMES + PATCH_KIND_NAMES)))
 OutputFormat = _choices("OutputFormat", ("table", "json", "csv"))
 Scale = _choices("Scale", ("auto", "counts", "tpm", "log"))
 # One device vocabulary everywhere; `cuda` is accepted as a synonym of `gpu`.

@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from threads_search.cli.options import Device, Modality, OutputFormat, ProfileModality, choice, device_name, flag, value
+from threads_search.cli.region_commands import GroupBy
 from threads_search.cli.render import table, warn
 
 MAX_TABLE_COLUMNS = 6
@@ -33,8 +34,17 @@ def search(atlas: Path = typer.Argument(..., help="Atlas folder."),
            label: str = typer.Option(None, "--label", help="Column for the majority-vote line (default: subtype/diagnosis if present)."),
            mpp: float = typer.Option(None, "--mpp", help="Microns per pixel for --wsi files that lack it."),
            device: Device = choice(Device.auto, "--device", help="Where the index runs (cuda = gpu)."),
-           output: OutputFormat = choice(OutputFormat.table, "--format", help="Output format.")) -> None:
+           output: OutputFormat = choice(OutputFormat.table, "--format", help="Output format."),
+           region: str = typer.Option(None, "--region", help="X,Y,W,H level-0 box of the query slide: search the patch index for similar regions."),
+           patch: int = typer.Option(None, "--patch", help="Row N of the query slide's patches: search the patch index with it."),
+           group_by: GroupBy = choice(None, "--group-by", help="With --region/--patch: rank slides by the votes of their regions.")) -> None:
     """Nearest neighbours of a slide, feature file, raw slide, profile or prototype."""
+    if region is not None or patch is not None or group_by is not None:
+        from threads_search.cli.region_commands import search_regions_command
+
+        search_regions_command(atlas, slide_id, features, wsi, region, patch, group_by, k, where,
+                               include_same_patient, label, mpp, output)
+        return
     from threads_search.atlas.store import open_atlas
     from threads_search.search.query import SearchOptions, query_from_arguments, search_atlas
 

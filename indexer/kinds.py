@@ -105,11 +105,16 @@ def register_kind(spec: IndexKindSpec) -> IndexKindSpec:
 
 def get_kind(name: str) -> IndexKindSpec:
     """The spec registered as `name`; unknown names are answered with the close matches."""
-    if name in KINDS:
-        return KINDS[name]
-    close = difflib.get_close_matches(name, list(KINDS), n=3)
+    return find_registered(KINDS, name, "index kind")
+
+
+def find_registered(registry: dict, name: str, what: str):
+    """`registry[name]`, or an InputError listing the choices and the close matches."""
+    if name in registry:
+        return registry[name]
+    close = difflib.get_close_matches(name, list(registry), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise InputError(f"unknown index kind {name!r} (choose auto, {', '.join(KINDS)}){hint}")
+    raise InputError(f"unknown {what} {name!r} (choose auto, {', '.join(registry)}){hint}")
 
 
 def list_kinds() -> list[str]:

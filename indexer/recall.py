@@ -104,3 +104,38 @@ def tune_search_params(
         if recall >= target_recall:
             break
     return TunedSearch(params, recall, k, int(queries.shape[0]), trials)
+
+
+class StreamingTopK:
+    """Exact inner-product top-k of fixed queries over a database seen in chunks.
+
+    queries: (q, d) float32. `update(ids, vectors)` scores one chunk (c, d); `result()` gives
+    (q, k) scores (descending) and ids, -inf / -1 where fewer than k vectors were seen. Ties
+    keep the earlier-seen id. Memory: the queries and (q, 2k) candidates, whatever the size
+    of the database.
+    """
+
+    def __init__(self, queries: np.ndarray, k: int) -> None:
+        self.queries = np.ascontiguousarray(queries, dtype=np.float32)
+        self.k = k
+        self.scores = np.full((self.queries.shape[0], 0), -np.inf, dtype=np.float32)
+        self.ids = np.full((self.queries.shape[0], 0), -1, dtype=np.int64)
+
+    def update(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if ids.size == 0 or self.queries.shape[0] == 0:
+            return
+        scores, rows = faiss.knn(self.queries, np.ascontiguousarray(vectors, dtype=np.float32),
+                                 min(self.k, ids.size), metric=faiss.METRIC_INNER_PRODUCT)
+        merged_scores = np.hstack([self.scores, scores])
+        merged_ids = np.hstack([self.ids, np.asarray(ids, dtype=np.int64)[rows]])
+        order = np.argsort(-merged_scores, axis=1, kind="stable")[:, : self.k]
+        self.scores = np.take_along_axis(merged_scores, order, axis=1)
+        self.ids = np.take_along_axis(merged_ids, order, axis=1)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        missing = self.k - self.scores.shape[1]
+        if missing <= 0:
+            return self.scores, self.ids
+        rows = self.queries.shape[0]
+        return (np.hstack([self.scores, np.full((rows, missing), -np.inf, np.float32)]),
+                np.hstack([self.ids, np.full((rows, missing), -1, np.int64)]))

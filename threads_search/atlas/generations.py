@@ -19,7 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
-from threads_search.atlas.layout import DATABASE_NAME, FOLDERS
+from threads_search.atlas.layout import DATABASE_NAME, FOLDERS, PATCH_INDEX_SUFFIXES
 from threads_search.atomic import TEMPORARY_MARK, atomic_path, is_temporary, write_json_atomic
 
 CURRENT_NAME = "CURRENT"
@@ -77,21 +77,24 @@ def retained_generations(root: Path, now: float | None = None) -> list[Path]:
 
 
 def referenced_files(connection) -> set[str]:
-    """Paths (relative to the atlas) that one database's tables point at."""
+    """Paths (relative to the atlas) that one database's tables point at.
+
+    Also for published copies of older formats, which may lack the tables later versions added.
+    """
+    tables = {row[0] for row in connection.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     referenced: set[str] = set()
-    queries = ["SELECT path FROM models", "SELECT part FROM embeddings", "SELECT parquet FROM profile_batches",
-               "SELECT path FROM slides WHERE copied"]
-    for query in queries:
-        referenced.update(row[0] for row in connection.execute(query).fetchall())
-    for (stem,) in connection.execute("SELECT path FROM indexes").fetchall():
-        referenced.update((stem + ".faiss", stem + ".json"))
-    for query in _EXTRA_REFERENCES:
-        referenced.update(row[0] for row in connection.execute(query).fetchall())
+    queries = {"models": "SELECT path FROM models", "embeddings": "SELECT part FROM embeddings",
+               "profile_batches": "SELECT parquet FROM profile_batches", "slides": "SELECT path FROM slides WHERE copied"}
+    for table, query in queries.items():
+        if table in tables:
+            referenced.update(row[0] for row in connection.execute(query).fetchall())
+    if "indexes" in tables:
+        for (stem,) in connection.execute("SELECT path FROM indexes").fetchall():
+            referenced.update((stem + ".faiss", stem + ".json"))
+    if "patch_indexes" in tables:
+        for (stem,) in connection.execute("SELECT path FROM patch_indexes").fetchall():
+            referenced.update(stem + suffix for suffix in PATCH_INDEX_SUFFIXES)
     return referenced
-
-
-# Queries over tables added by later stages (patch indexes, thumbnails ...) that also point at files.
-_EXTRA_REFERENCES: list[str] = []
 
 
 def _pid_alive(pid: int) -> bool:

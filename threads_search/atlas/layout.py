@@ -6,7 +6,7 @@
       profiles/               expression / mutation matrices as Parquet, one file per ingest batch
       models/<model_id>/      config.json + model.safetensors
       embeddings/<model_id>/  <modality>-<part>.parquet
-      indexes/                <model_id>-<modality>-<build>.faiss + .json sidecar
+      indexes/                <model_id>-<modality>-<build>.faiss + .json sidecar; patches-<build>.* (region search)
 
 Paths stored in the tables are relative to the atlas root (except referenced feature files,
 which are absolute). Ids are turned into file names with `safe_file_name`, never used as paths.
@@ -59,3 +59,11 @@ def new_index_stem(model_id: str, modality: str) -> str:
     Each build or change gets new files, so the recorded index is never overwritten in place.
     """
     return f"indexes/{_checked_model_id(model_id)}-{modality}-{uuid.uuid4().hex[:8]}"
+
+
+PATCH_INDEX_SUFFIXES = (".faiss", ".ids.npy", ".json", ".slides.parquet")
+
+
+def new_patch_index_stem() -> str:
+    """Fresh names for the files of a patch index build (`<stem>` + PATCH_INDEX_SUFFIXES)."""
+    return f"indexes/patches-{uuid.uuid4().hex[:8]}"

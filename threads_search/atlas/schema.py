@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MODALITIES = ("slides", "expression", "mutations")
 PROFILE_MODALITIES = ("expression", "mutations")
 # Columns of `items` that belong to the atlas itself; metadata columns are added beside them.
@@ -113,9 +113,26 @@ def _add_checksums_and_ranges(connection) -> None:
         connection.execute(f"ALTER TABLE slides ADD COLUMN {column} {kind}")
 
 
+def _add_patch_indexes(connection) -> None:
+    """3: the patch index of region search (one per atlas; its files are named per build)."""
+    connection.execute("""
+        CREATE TABLE patch_indexes (
+            name VARCHAR PRIMARY KEY,        -- 'patches'
+            path VARCHAR NOT NULL,           -- relative to the atlas, without extension
+            patch_encoder VARCHAR,
+            dimension INTEGER NOT NULL,
+            kind VARCHAR NOT NULL,
+            n_vectors BIGINT NOT NULL,
+            n_slides INTEGER NOT NULL,
+            mosaic_fraction DOUBLE,          -- NULL: every patch indexed
+            recall_at_10 DOUBLE,
+            built_at TIMESTAMP NOT NULL
+        )""")
+
+
 # version -> the change that turns an atlas of that version into one of version + 1. A new
 # atlas is made with SCHEMA (version 1) and then every migration, so both paths give one layout.
-MIGRATIONS: dict[int, Callable[[object], None]] = {1: _add_checksums_and_ranges}
+MIGRATIONS: dict[int, Callable[[object], None]] = {1: _add_checksums_and_ranges, 2: _add_patch_indexes}
 
 
 def migrate(connection, version: int) -> int:

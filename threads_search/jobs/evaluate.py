@@ -65,6 +65,8 @@ class AtlasEvaluation:
     notes: list[str] = field(default_factory=list)
     baseline_id: str | None = None
     selection: dict = field(default_factory=dict)  # label and the two SQL expressions
+    regions: object | None = None  # RetrievalReport of region votes (`eval --by regions`)
+    regions_method: dict | None = None
 
     @property
     def overlap_patients(self) -> int:
@@ -85,6 +87,12 @@ class AtlasEvaluation:
             payload["baselines"]["meanpool"] = baseline["metrics"]
             details = ("ci95", "per_class", "precision_at")
             payload["baseline_details"] = {"meanpool": {key: baseline[key] for key in details}}
+        if self.regions is not None:
+            regions = self.regions.to_dict()
+            payload["baselines"]["region_votes"] = regions["metrics"]
+            payload.setdefault("baseline_details", {})["region_votes"] = {
+                key: regions[key] for key in ("ci95", "per_class", "precision_at")}
+            payload["region_votes"] = self.regions_method
         payload["notes"] = list(self.notes)
         return payload
 
@@ -193,7 +201,8 @@ def evaluate_atlas(atlas: Atlas, label: str, queries_sql: str | None, database_s
     patient-bootstrap CIs and the exact chance level.
 
     Relevant = same `label` value; items of a query's own patient are never ranked for it.
-    Items selected on both sides stay on both sides (reported as overlap).
+    Items selected on both sides stay on both sides (reported as overlap). Region votes of the
+    patch index on the same items are added by `search.region_eval.add_region_votes`.
     """
     _check_modality(query_modality, "--query-modality")
     _check_modality(target, "--target")
