@@ -61,6 +61,13 @@ SCENARIOS = [
 ]
 
 
+def fresh_copy(source: Path, target: Path) -> None:
+    """A copy of a prepared atlas whose files are new (mtime now): published generations are kept for
+    RETAIN_SECONDS after they are written, and copies keeping old mtimes would expire in the middle of
+    a trial, which `check` would then rightly report as leftovers the next writer has not yet removed."""
+    shutil.copytree(source, target, symlinks=True, copy_function=shutil.copy)
+
+
 def run_cli(args: list[str], env_extra: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, THREADS_SEARCH_LOCK_TIMEOUT="5", OMP_NUM_THREADS="1", **(env_extra or {}))
     return subprocess.run(CLI + args, capture_output=True, text=True, env=env, timeout=timeout)
@@ -176,7 +183,7 @@ def _trial(scenario: Scenario, states: dict, work: Path, reference: dict, outcom
     """One kill and resume; False when the command finished before the kill point (no kill)."""
     atlas = work / "trial"
     shutil.rmtree(atlas, ignore_errors=True)
-    shutil.copytree(states[scenario.base], atlas, symlinks=True)
+    fresh_copy(states[scenario.base], atlas)
     args = [a.format(atlas=atlas, cohort=states["cohort"]) for a in scenario.args]
     if crash_at is not None:
         result = run_cli(args, {"THREADS_SEARCH_CRASH_AT": str(crash_at)})
@@ -222,7 +229,7 @@ def run_scenario(scenario: Scenario, states: dict, work: Path, n_random: int, ma
                  seed: int = 0) -> dict:
     atlas = work / "reference"
     shutil.rmtree(atlas, ignore_errors=True)
-    shutil.copytree(states[scenario.base], atlas, symlinks=True)
+    fresh_copy(states[scenario.base], atlas)
     started = time.perf_counter()
     _ok([a.format(atlas=atlas, cohort=states["cohort"]) for a in scenario.args])
     seconds = time.perf_counter() - started
