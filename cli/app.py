@@ -54,7 +54,8 @@ class _OneLineErrors(_Group):
             if error.errno == errno.EPIPE:
                 raise
             where = f" ({error.filename})" if error.filename else ""
-            typer.echo(f"error: {error.strerror or error}{where}; nothing was changed", err=True)
+            typer.echo(f"error: {error.strerror or error}{where}; every write is all-or-nothing: re-run the command "
+                       f"once this is fixed and it resumes where it stopped", err=True)
             sys.exit(1)
         except UsageError as error:
             command = error.ctx.command_path if error.ctx is not None else "threads-search"

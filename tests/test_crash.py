@@ -8,6 +8,7 @@ with nothing left over. Marked slow (CI runs it in its own step).
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ def _harness():
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "crash_harness.py"
     spec = importlib.util.spec_from_file_location("crash_harness", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
 

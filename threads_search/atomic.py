@@ -8,6 +8,7 @@ killed run.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -64,7 +65,12 @@ def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_sibling(path)
     try:
-        yield temporary
+        try:
+            yield temporary
+        except RuntimeError as error:  # libraries that write the file themselves (faiss) report a full disk so
+            if "No space left on device" in str(error):
+                raise OSError(errno.ENOSPC, "No space left on device", str(path)) from None
+            raise
         if durable and temporary.exists():
             fsync_path(temporary)
         crash_point(f"before rename {path.name}")

@@ -9,6 +9,7 @@ interrupted command leaves the atlas as it was.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 import time
@@ -91,6 +92,8 @@ class Atlas:
         try:
             yield
         except (duckdb.IOException, duckdb.InternalException, duckdb.SerializationException) as error:
+            if "No space left on device" in str(error) or "Disk full" in str(error):
+                raise OSError(errno.ENOSPC, "No space left on device", str(self.root / DATABASE_NAME)) from None
             database = DATABASE_NAME if not self.read_only else f"published generation {self.generation}"
             raise AtlasDamagedError(f"{self.root / DATABASE_NAME if not self.read_only else self.root}: {database} is damaged "
                                     f"({str(error).splitlines()[0][:160]}); run `threads-search check {self.root} --repair`") from None
