@@ -69,7 +69,8 @@ def embed(atlas: Path = typer.Argument(..., help="Atlas folder."),
         if ray is None:
             report = embed_atlas(opened, resolve_model_id(opened, model), progress)
         else:
-            from threads_search.distributed.embed import RayConfig, embed_atlas_ray
+            from threads_search.distributed.cluster import RayConfig
+            from threads_search.distributed.embed import embed_atlas_ray
 
             config = RayConfig(address=ray, workers=workers, num_cpus=num_cpus, num_gpus=num_gpus)
             report = embed_atlas_ray(opened, resolve_model_id(opened, model), config, progress)

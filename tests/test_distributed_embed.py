@@ -68,7 +68,8 @@ def test_embed_on_ray_equals_the_local_embed(ray_cluster, cohort_atlas, local_em
 def test_an_interrupted_ray_embed_resumes_where_it_stopped(ray_cluster, cohort_atlas, local_embeddings, tmp_path):
     from threads_search.atlas.embeddings import embedded_vids
     from threads_search.atlas.store import open_atlas
-    from threads_search.distributed.embed import RayConfig, embed_atlas_ray
+    from threads_search.distributed.cluster import RayConfig
+    from threads_search.distributed.embed import embed_atlas_ray
 
     path, model_id = _copy(cohort_atlas, tmp_path)
     n_slides = local_embeddings["slides"][0].size
@@ -91,7 +92,7 @@ def test_an_interrupted_ray_embed_resumes_where_it_stopped(ray_cluster, cohort_a
 
 
 def test_ray_config_refusals_are_one_line():
-    from threads_search.distributed.embed import RayConfig
+    from threads_search.distributed.cluster import RayConfig
     from threads_search.errors import InputError
 
     with pytest.raises(InputError, match="--workers 0"):

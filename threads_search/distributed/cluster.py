@@ -3,6 +3,8 @@ this machine) or `--ray local` (a throw-away cluster inside this process)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from threads_search.errors import ClusterError
 
 INSTALL_HINT = "install the extra: pip install -c constraints.txt 'threads-search[ray]'"
@@ -39,3 +41,23 @@ def connect(address: str | None = "auto", num_cpus: int | None = None):
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     return ray
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Where and how wide: `address` ('auto', 'local', or host:port); `workers` actors, each with
+    `num_cpus` CPUs and `num_gpus` GPUs (the model goes to CUDA when it has one)."""
+
+    address: str | None = "auto"
+    workers: int = 2
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+    def checked(self) -> "RayConfig":
+        from threads_search.errors import InputError
+
+        if self.workers < 1:
+            raise InputError(f"--workers {self.workers}: must be at least 1")
+        if self.num_cpus <= 0 or self.num_gpus < 0:
+            raise InputError(f"--num-cpus {self.num_cpus} / --num-gpus {self.num_gpus}: expected > 0 CPUs and >= 0 GPUs")
+        return self

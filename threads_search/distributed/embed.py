@@ -12,36 +12,16 @@ Profiles (small tables) are embedded by the driver.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from threads_search.atlas.slides import AtlasSlide
 from threads_search.atlas.store import Atlas
+from threads_search.distributed.cluster import RayConfig
 from threads_search.jobs.embed import SLIDES_PER_PART, EmbedReport, Progress, embed_atlas
 
 SLIDES_PER_TASK = 4  # slides per actor call: small enough to balance the pool and show progress
-
-
-@dataclass(frozen=True)
-class RayConfig:
-    """Where and how wide: `address` ('auto', 'local', or host:port); `workers` actors, each with
-    `num_cpus` CPUs and `num_gpus` GPUs (the model goes to CUDA when it has one)."""
-
-    address: str | None = "auto"
-    workers: int = 2
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-
-    def checked(self) -> "RayConfig":
-        from threads_search.errors import InputError
-
-        if self.workers < 1:
-            raise InputError(f"--workers {self.workers}: must be at least 1")
-        if self.num_cpus <= 0 or self.num_gpus < 0:
-            raise InputError(f"--num-cpus {self.num_cpus} / --num-gpus {self.num_gpus}: expected > 0 CPUs and >= 0 GPUs")
-        return self
 
 
 class SlideEncoderActor:
