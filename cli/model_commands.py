@@ -88,6 +88,9 @@ def index(atlas: Path = typer.Argument(..., help="Atlas folder."),
           all_models: bool = flag("--all-models", help="Index every model that has embeddings."),
           level: Level = choice(Level.slides, "--level", help="slides (one vector per item) or patches (every patch feature, for region search)."),
           mosaic: float = typer.Option(None, "--mosaic", help="Patches only: keep this share of each slide's patches (seeded k-means mosaic, e.g. 0.05)."),
+          ray: str = typer.Option(None, "--ray", help="Patches level: plan the slides (file checks, mosaic selection) on a Ray "
+                                                      "cluster: auto, HOST:PORT or local. Needs the `ray` extra."),
+          num_cpus: float = typer.Option(1.0, "--num-cpus", help="With --ray: CPUs per planning task."),
           shards: int = typer.Option(None, "--shards", help="Slides level: split each index into N shards by slide (hash of its vid), "
                                                             "for `serve --ray` (one Ray actor per shard)."),
           seed: int = typer.Option(0, "--seed"),
@@ -103,8 +106,18 @@ def index(atlas: Path = typer.Argument(..., help="Atlas folder."),
     if level == Level.patches:
         from threads_search.cli.region_commands import index_patches
 
-        index_patches(atlas, value(kind), parse_bytes(max_memory), mosaic, seed, quiet)
+        ray_config = None
+        if ray is not None:
+            from threads_search.distributed.cluster import RayConfig
+
+            ray_config = RayConfig(address=ray, num_cpus=num_cpus)
+        index_patches(atlas, value(kind), parse_bytes(max_memory), mosaic, seed, quiet, ray_config)
         return
+    if ray is not None:
+        from threads_search.errors import InputError
+
+        raise InputError("--ray: for --level patches; the slides level is served from shards with `index --shards N` "
+                         "then `serve --ray`")
     from threads_search.atlas.store import open_atlas
     from threads_search.jobs.index import build_atlas_indexes
     from threads_search.atlas.stored_models import resolve_model_id

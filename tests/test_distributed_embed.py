@@ -99,3 +99,36 @@ def test_ray_config_refusals_are_one_line():
         RayConfig(workers=0).checked()
     with pytest.raises(InputError, match="--num-cpus"):
         RayConfig(num_cpus=0).checked()
+
+
+def _patch_index_files(path: Path) -> tuple[np.ndarray, dict]:
+    import json
+
+    from threads_search.atlas.patch_indexes import patch_index_record
+    from threads_search.atlas.store import open_atlas
+
+    with open_atlas(path, read_only=True) as atlas:
+        stem = patch_index_record(atlas)["path"]
+    return np.load(path / (stem + ".ids.npy")), json.loads((path / (stem + ".json")).read_text())
+
+
+def test_patch_index_planned_on_ray_equals_the_local_build(ray_cluster, cohort_atlas, tmp_path):
+    """`index --level patches --mosaic F --ray`: the mosaic rows chosen on the cluster, the same index."""
+    path, _ = cohort_atlas
+    local = shutil.copytree(path, tmp_path / "local")
+    spread = shutil.copytree(path, tmp_path / "spread")
+    common = ["--level", "patches", "--kind", "flat", "--mosaic", "0.3", "--quiet"]
+    assert runner.invoke(app, ["index", str(local), *common]).exit_code == 0
+    result = runner.invoke(app, ["index", str(spread), *common, "--ray", "auto"])
+    assert result.exit_code == 0, result.output
+    want_ids, want = _patch_index_files(local)
+    got_ids, got = _patch_index_files(spread)
+    np.testing.assert_array_equal(got_ids, want_ids)
+    from threads_search.atlas.slides import slide_summary
+    from threads_search.atlas.store import open_atlas
+
+    with open_atlas(spread, read_only=True) as atlas:
+        total = slide_summary(atlas)["patches_total"]
+    assert 0 < got["count"] == want["count"] == want_ids.size < 0.5 * total  # a 30 % mosaic was kept
+    assert got["recall_at_10"] == want["recall_at_10"] and got["mosaic"] == want["mosaic"]
+    assert "--ray: for --level patches" in runner.invoke(app, ["index", str(spread), "--ray", "auto"]).output
