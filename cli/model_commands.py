@@ -88,9 +88,9 @@ def index(atlas: Path = typer.Argument(..., help="Atlas folder."),
           all_models: bool = flag("--all-models", help="Index every model that has embeddings."),
           level: Level = choice(Level.slides, "--level", help="slides (one vector per item) or patches (every patch feature, for region search)."),
           mosaic: float = typer.Option(None, "--mosaic", help="Patches only: keep this share of each slide's patches (seeded k-means mosaic, e.g. 0.05)."),
-          ray: str = typer.Option(None, "--ray", help="Patches level: plan the slides (file checks, mosaic selection) on a Ray "
-                                                      "cluster: auto, HOST:PORT or local. Needs the `ray` extra."),
-          num_cpus: float = typer.Option(1.0, "--num-cpus", help="With --ray: CPUs per planning task."),
+          ray: str = typer.Option(None, "--ray", help="With --shards: build each shard in a Ray task; with --level patches: plan "
+                                                      "the slides (file checks, mosaic) on Ray. auto, HOST:PORT or local; the `ray` extra."),
+          num_cpus: float = typer.Option(1.0, "--num-cpus", help="With --ray: CPUs per task."),
           shards: int = typer.Option(None, "--shards", help="Slides level: split each index into N shards by slide (hash of its vid), "
                                                             "for `serve --ray` (one Ray actor per shard)."),
           seed: int = typer.Option(0, "--seed"),
@@ -101,7 +101,8 @@ def index(atlas: Path = typer.Argument(..., help="Atlas folder."),
             from threads_search.errors import InputError
 
             raise InputError("--shards: only for --level slides (a patch index is sharded by running its build per shard)")
-        _index_shards(atlas, model, all_models, shards, value(kind), device_name(device), parse_bytes(max_memory), seed)
+        _index_shards(atlas, model, all_models, shards, value(kind), device_name(device), parse_bytes(max_memory), seed,
+                      ray, num_cpus)
         return
     if level == Level.patches:
         from threads_search.cli.region_commands import index_patches
@@ -116,8 +117,7 @@ def index(atlas: Path = typer.Argument(..., help="Atlas folder."),
     if ray is not None:
         from threads_search.errors import InputError
 
-        raise InputError("--ray: for --level patches; the slides level is served from shards with `index --shards N` "
-                         "then `serve --ray`")
+        raise InputError("--ray: for --level patches or with --shards N (the single slides index is built here)")
     from threads_search.atlas.store import open_atlas
     from threads_search.jobs.index import build_atlas_indexes
     from threads_search.atlas.stored_models import resolve_model_id
@@ -140,15 +140,21 @@ def index(atlas: Path = typer.Argument(..., help="Atlas folder."),
 
 
 def _index_shards(atlas: Path, model: str | None, all_models: bool, shards: int, kind: str, device: str,
-                  max_memory: int | None, seed: int) -> None:
+                  max_memory: int | None, seed: int, ray: str | None, num_cpus: float) -> None:
     from threads_search.atlas.embeddings import embedded_models
     from threads_search.atlas.store import open_atlas
     from threads_search.atlas.stored_models import resolve_model_id
     from threads_search.jobs.index_shards import build_index_shards
 
+    builder = None
+    if ray is not None:
+        from threads_search.distributed.cluster import RayConfig
+        from threads_search.distributed.index_shards import ray_shard_builder
+
+        builder = ray_shard_builder(RayConfig(address=ray, num_cpus=num_cpus))
     with open_atlas(atlas) as opened:
         for model_id in embedded_models(opened) if all_models else [resolve_model_id(opened, model)]:
-            report = build_index_shards(opened, model_id, shards, kind, device, max_memory, seed)
+            report = build_index_shards(opened, model_id, shards, kind, device, max_memory, seed, builder)
             rows = [[m, shard, s["kind"] if s else "", s["count"] if s else 0,
                      f"{s['recall_at_10']:.3f}" if s and s.get("recall_at_10") is not None else ""]
                     for m, sidecars in report.built.items() for shard, s in enumerate(sidecars)]

@@ -131,4 +131,4 @@ def test_patch_index_planned_on_ray_equals_the_local_build(ray_cluster, cohort_a
         total = slide_summary(atlas)["patches_total"]
     assert 0 < got["count"] == want["count"] == want_ids.size < 0.5 * total  # a 30 % mosaic was kept
     assert got["recall_at_10"] == want["recall_at_10"] and got["mosaic"] == want["mosaic"]
-    assert "--ray: for --level patches" in runner.invoke(app, ["index", str(spread), "--ray", "auto"]).output
+    assert "--ray: for --level patches or with --shards" in runner.invoke(app, ["index", str(spread), "--ray", "auto"]).output

@@ -232,3 +232,32 @@ def test_serve_with_ray_gives_the_single_index_hits(ray_cluster, atlas):
 def test_index_shards_refusals(atlas):
     assert "--shards 0: expected 1 to" in cli("index", atlas, "--shards", 0).output
     assert "only for --level slides" in cli("index", atlas, "--shards", 2, "--level", "patches").output
+
+
+def _shard_contents(atlas_path: Path) -> dict:
+    from threads_search.atlas.index_shards import shard_records
+    from threads_search.atlas.store import open_atlas
+    from threads_search.indexer import load_index
+
+    contents = {}
+    with open_atlas(atlas_path, read_only=True) as opened:
+        model_id = _model(opened)
+        for target in ("slides", "expression"):
+            for record in shard_records(opened, model_id, target):
+                index = load_index(opened.path(record.stem), device="cpu")
+                ids = index.sorted_ids()
+                contents[(target, record.shard)] = (ids, index.stored_vectors(ids), index.kind)
+    return contents
+
+
+def test_shards_built_on_ray_equal_the_local_shards(ray_cluster, atlas):
+    assert cli("index", atlas, "--shards", 3, "--kind", "flat").exit_code == 0
+    local = _shard_contents(atlas)
+    result = cli("index", atlas, "--shards", 3, "--kind", "flat", "--ray", "auto", "--num-cpus", "0.5")
+    assert result.exit_code == 0, result.output
+    spread = _shard_contents(atlas)
+    assert spread.keys() == local.keys() and len(local) == 6
+    for key, (ids, vectors, kind) in local.items():
+        np.testing.assert_array_equal(spread[key][0], ids)
+        np.testing.assert_array_equal(spread[key][1], vectors)
+        assert spread[key][2] == kind == "flat"
