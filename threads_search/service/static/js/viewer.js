@@ -239,6 +239,7 @@ export async function openViewer(section, query, hit, emptyText = "choose a hit 
     outlineQuery(query);
     if (hit) outlineHit(hit);
   } else {
+    if (viewers.query) for (const kind of ["query-box", "query-patch"]) removeOutlines(viewers.query, kind);
     follow("query", section);
   }
   if (section.querySelector("#attention-toggle").checked) await setAttention(section, true);
