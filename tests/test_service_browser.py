@@ -444,3 +444,21 @@ def test_a_box_drawn_on_the_query_slide_outlines_the_matching_regions(region_ser
     page.press("#region-h", "Enter")
     until(page, "document.querySelector('#message').textContent.includes('covers no patch')")
     page.screenshot(path=str(shots / "7-region-refused.png"), full_page=True)
+
+
+def test_region_search_on_an_atlas_without_a_patch_index_says_how_to_build_one(demo, page):
+    _, base = demo
+    ready(page, base)
+    page.check("#facets [data-facet-column='site'][data-facet-value='site4']")
+    search(page, "SYN-S4-0003-01Z-00-DX1", 3)
+    page.click("#region-start")
+    page.wait_for_selector("#viewer[data-ready='true']")
+    assert page.evaluate("document.activeElement.id") == "region-draw"  # the tool is reachable from the keyboard
+    page.expected_statuses.add(409)
+    for name, value in zip("xywh", (0, 0, 4096, 4096)):
+        page.fill(f"#region-{name}", str(value))
+    page.press("#region-h", "Enter")
+    until(page, "document.querySelector('#status').textContent === 'region search refused'")
+    assert "has no patch index" in page.text_content("#message")
+    assert "--level patches`" in page.text_content("#message")
+    assert grid_ids(page) and len(grid_ids(page)) == 3  # the slide hits stay as they were

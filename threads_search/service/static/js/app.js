@@ -186,6 +186,8 @@ async function runRegion(box) {
   } catch (error) {
     setStatus("region search refused");
     showMessage(error.message);
+    const shown = state.payload && state.payload.query.region;  // the box of the results still on the page
+    if (shown) showQueryBox({ x: shown[0], y: shown[1], width: shown[2], height: shown[3] });
     return;
   }
   state.payload = payload;

@@ -19,7 +19,7 @@ export const viewers = { query: null, hit: null };
 // While `active`, a drag on the query pane draws a box instead of panning; `onBox` gets it in level-0 px.
 const regionTool = { active: false, onBox: null, onCancel: null };
 const MIN_DRAG_PX = 4;
-const FIT_MARGIN = 3; // a hit pane opens on its regions' bounding box grown this many times
+const FIT_MARGIN = 1.6; // a hit pane opens on its regions' bounding box grown this many times
 let syncing = false;
 let attentionRun = 0; // overlays of an older request (the toggle flipped again) are dropped
 
