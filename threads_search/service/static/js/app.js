@@ -13,7 +13,7 @@ const REGIONS_PER_SLIDE = 5;
 const DRAW_HINT = "draw a box on the query slide (drag while 'draw a region' is on): the matching regions are outlined here";
 const state = {
   info: null, label: null, target: "slides", where: "", facets: {}, hidden: new Set(), showHidden: false,
-  shownColumns: [], payload: null, lastRequest: null, regionSlide: null, regionBox: null,
+  shownColumns: [], payload: null, lastRequest: null, regionBox: null,
 };
 window.reviewPage = { state, viewers }; // for the browser tests and for debugging in the console
 
@@ -83,6 +83,9 @@ async function runSearch() {
   }
   state.payload = payload;
   state.label = payload.votes ? payload.votes.label : null;
+  const shownVid = viewers.query ? viewers.query.vid : null;
+  const queryVid = payload.query.images ? payload.query.images.vid : null;
+  if (!$("#viewer").hidden && shownVid !== queryVid) closeViewer($("#viewer"));  // it showed another query
   renderAll();
   setStatus(`${payload.hits.length} hits`);
   await updateFacets();
@@ -149,9 +152,7 @@ async function viewHit(query, hit, emptyText) {
 }
 
 async function startRegionTool() {
-  const query = state.payload.query;
-  state.regionSlide = query.id;
-  await viewHit(query, null, DRAW_HINT);
+  await viewHit(state.payload.query, null, DRAW_HINT);
   setRegionTool($("#viewer"), true, regionDrawn);
   $("#region-draw").focus();
 }
@@ -175,7 +176,13 @@ async function runRegion(box) {
   const options = settings();
   const group = $("#region-group").value;
   state.regionBox = box;
-  const body = { slide_id: state.regionSlide, region: { x: box.x, y: box.y, w: box.width, h: box.height }, k: options.k,
+  // The slide on the query pane: the shown query's own slide (a slide query, or the last region query).
+  const slideId = state.payload ? regionSlideOf(state.payload.query) : null;
+  if (!slideId) {
+    showMessage("region search needs an atlas slide with a raw image as the query");
+    return;
+  }
+  const body = { slide_id: slideId, region: { x: box.x, y: box.y, w: box.width, h: box.height }, k: options.k,
                  where: options.where, include_same_patient: options.include_same_patient, group_by: group,
                  regions_per_slide: REGIONS_PER_SLIDE };
   setStatus("searching regions…");
@@ -304,12 +311,10 @@ function wire() {
   $("#include-same-patient").addEventListener("change", rerun);
   $("#clear-facets").addEventListener("click", () => { state.facets = {}; rerun(); });
   $("#region-draw").addEventListener("click", () => {
-    if (state.payload && regionSlideOf(state.payload.query)) state.regionSlide = state.payload.query.id;
     setRegionTool($("#viewer"), !regionToolActive(), regionDrawn);
   });
   $("#region-bar").addEventListener("submit", (event) => {
     event.preventDefault();
-    if (state.payload && regionSlideOf(state.payload.query)) state.regionSlide = state.payload.query.id;
     const box = typedRegion();
     showQueryBox(box);
     runRegion(box);
