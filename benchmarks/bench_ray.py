@@ -1,7 +1,7 @@
 """Ray on this machine: `embed` local vs `embed --ray` with 1 and 2 actors, and sharded vs single-index search.
 
 Embedding: `--slides` generated TRIDENT files of `--patches` x 768 float16 features, ingested
-into three copies of one atlas holding one untrained `threads-abmil-cpu` model; each copy is
+into three copies of one atlas holding one untrained `--recipe` model (threads-abmil-cpu); each copy is
 embedded once: locally (torch on one thread, as each Ray actor with `--num-cpus 1` runs), and
 on the local Ray cluster with 1 and 2 actors (the actor pool's start and the model loading
 are inside the timing; starting the cluster is not). Reported: slides/s, ratio to local, and
@@ -14,6 +14,7 @@ searching its shard on one thread, the merge on the driver), and the same with a
 filter of 10 % of the ids. Results: benchmarks/results/ray.json.
 
     python benchmarks/bench_ray.py [--slides 200] [--patches 2000] [--vectors 1000000] [--queries 100]
+    python benchmarks/bench_ray.py --embed-only --slides 60 --patches 10000 --recipe threads-abmil --name ray_heavy
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def write_slides(folder: pathlib.Path, n_slides: int, n_patches: int) -> None:
             handle["features"].attrs["encoder"] = "conch_v15"
 
 
-def embed_benchmark(work: pathlib.Path, n_slides: int, n_patches: int, ray) -> dict:
+def embed_benchmark(work: pathlib.Path, n_slides: int, n_patches: int, recipe: str, ray) -> dict:
     import torch
 
     from threads_search.atlas.store import init_atlas, open_atlas
@@ -65,27 +66,38 @@ def embed_benchmark(work: pathlib.Path, n_slides: int, n_patches: int, ray) -> d
     with open_atlas(work / "atlas") as atlas:
         ingest_slides(atlas, [work / "features"])
         torch.manual_seed(0)
-        model_id = store_model(atlas, create_model("threads-abmil-cpu", in_dim=768, patch_encoder="conch_v15"))
+        model_id = store_model(atlas, create_model(recipe, in_dim=768, patch_encoder="conch_v15"))
     for name in ("local", "ray1", "ray2"):
         shutil.copytree(work / "atlas", work / name)
     torch.set_num_threads(1)
     runs = {}
     for name, workers in (("local", None), ("ray1", 1), ("ray2", 2)):
+        first: list[float] = []
+
+        def progress(done: int, total: int, item: str) -> None:
+            if not first:
+                first.append(time.perf_counter())
+
         with open_atlas(work / name) as atlas:
             start = time.perf_counter()
             if workers is None:
-                report = embed_atlas(atlas, model_id)
+                report = embed_atlas(atlas, model_id, progress)
             else:
-                report = embed_atlas_ray(atlas, model_id, RayConfig(address="auto", workers=workers, num_cpus=1))
+                report = embed_atlas_ray(atlas, model_id, RayConfig(address="auto", workers=workers, num_cpus=1), progress)
             seconds = time.perf_counter() - start
         assert report.embedded["slides"] == n_slides
-        runs[name] = {"seconds": round(seconds, 2), "slides_per_s": round(n_slides / seconds, 2)}
+        runs[name] = {"seconds": round(seconds, 2), "slides_per_s": round(n_slides / seconds, 2),
+                      "first_slides_after_s": round(first[0] - start, 2)}
         print(f"embed {name}: {seconds:.1f} s, {n_slides / seconds:.1f} slides/s", flush=True)
     local = runs["local"]["seconds"]
     for name in ("ray1", "ray2"):
         runs[name]["speed_vs_local"] = round(local / runs[name]["seconds"], 3)
     runs["ray1_overhead_ms_per_slide"] = round(1000 * (runs["ray1"]["seconds"] - local) / n_slides, 2)
-    return {"slides": n_slides, "patches_per_slide": n_patches, "runs": runs}
+    # The same without the pool's start (actor process, imports, model load: until the first batch came back).
+    steady_ray = runs["ray1"]["seconds"] - runs["ray1"]["first_slides_after_s"]
+    steady_local = runs["local"]["seconds"] - runs["local"]["first_slides_after_s"]
+    runs["ray1_overhead_ms_per_slide_after_start"] = round(1000 * (steady_ray - steady_local) / n_slides, 2)
+    return {"slides": n_slides, "patches_per_slide": n_patches, "recipe": recipe, "runs": runs}
 
 
 def clustered(n: int, dim: int, seed: int) -> np.ndarray:
@@ -161,6 +173,9 @@ def main() -> None:
     parser.add_argument("--patches", type=int, default=2000)
     parser.add_argument("--vectors", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--recipe", default="threads-abmil-cpu", help="The slide encoder's recipe (threads-abmil: hidden 512).")
+    parser.add_argument("--embed-only", action="store_true", help="Skip the search half.")
+    parser.add_argument("--name", default="ray", help="Results file: benchmarks/results/NAME.json.")
     args = parser.parse_args()
     import ray
 
@@ -168,11 +183,13 @@ def main() -> None:
     out = {"machine": {"platform": platform.platform(), "python": sys.version.split()[0], "ray": ray.__version__}}
     with tempfile.TemporaryDirectory() as folder:
         work = pathlib.Path(folder)
-        out["embed"] = embed_benchmark(work / "embed", args.slides, args.patches, ray)
-        out["search"] = search_benchmark(work / "search", args.vectors, args.queries, ray)
+        out["embed"] = embed_benchmark(work / "embed", args.slides, args.patches, args.recipe, ray)
+        if not args.embed_only:
+            out["search"] = search_benchmark(work / "search", args.vectors, args.queries, ray)
     ray.shutdown()
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    results = RESULTS.with_name(f"{args.name}.json")
+    results.parent.mkdir(exist_ok=True)
+    results.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
 
 

@@ -64,7 +64,7 @@ def extract(
         from threads_search.distributed.cluster import RayConfig
         from threads_search.distributed.extract import ray_extraction
 
-        runner = ray_extraction(RayConfig(address=ray, workers=workers, num_cpus=num_cpus, num_gpus=num_gpus))
+        runner = ray_extraction(RayConfig(address=ray, workers=workers, num_cpus=num_cpus, num_gpus=num_gpus).checked())
     with _slide_and_patch_bars(quiet) as progress:
         results = extract_slides(
             wsi, out, patch_encoder=patch_encoder, weights=weights, target_mag=mag, patch_size=patch_size,

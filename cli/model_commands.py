@@ -65,14 +65,17 @@ def embed(atlas: Path = typer.Argument(..., help="Atlas folder."),
     from threads_search.jobs.embed import embed_atlas
     from threads_search.atlas.stored_models import resolve_model_id
 
+    config = None
+    if ray is not None:  # refuse a missing extra or bad counts before touching the atlas
+        from threads_search.distributed.cluster import RayConfig
+
+        config = RayConfig(address=ray, workers=workers, num_cpus=num_cpus, num_gpus=num_gpus).checked()
     with open_atlas(atlas) as opened, progress_bar("embedding slides", quiet) as progress:
-        if ray is None:
+        if config is None:
             report = embed_atlas(opened, resolve_model_id(opened, model), progress)
         else:
-            from threads_search.distributed.cluster import RayConfig
             from threads_search.distributed.embed import embed_atlas_ray
 
-            config = RayConfig(address=ray, workers=workers, num_cpus=num_cpus, num_gpus=num_gpus)
             report = embed_atlas_ray(opened, resolve_model_id(opened, model), config, progress)
     warn(report.notes)
     parts = ", ".join(f"{report.embedded.get(m, 0)} {m} (+{report.skipped.get(m, 0)} already)" for m in report.embedded)
@@ -111,7 +114,7 @@ def index(atlas: Path = typer.Argument(..., help="Atlas folder."),
         if ray is not None:
             from threads_search.distributed.cluster import RayConfig
 
-            ray_config = RayConfig(address=ray, num_cpus=num_cpus)
+            ray_config = RayConfig(address=ray, num_cpus=num_cpus).checked()
         index_patches(atlas, value(kind), parse_bytes(max_memory), mosaic, seed, quiet, ray_config)
         return
     if ray is not None:
@@ -151,7 +154,7 @@ def _index_shards(atlas: Path, model: str | None, all_models: bool, shards: int,
         from threads_search.distributed.cluster import RayConfig
         from threads_search.distributed.index_shards import ray_shard_builder
 
-        builder = ray_shard_builder(RayConfig(address=ray, num_cpus=num_cpus))
+        builder = ray_shard_builder(RayConfig(address=ray, num_cpus=num_cpus).checked())
     with open_atlas(atlas) as opened:
         for model_id in embedded_models(opened) if all_models else [resolve_model_id(opened, model)]:
             report = build_index_shards(opened, model_id, shards, kind, device, max_memory, seed, builder)

@@ -31,9 +31,11 @@ def serve(atlas: Path = typer.Argument(..., help="Atlas folder."),
         typer.echo("read-only; Ctrl-C stops the service")
     index_source = None
     if ray is not None:
+        from threads_search.distributed.cluster import require_ray
         from threads_search.distributed.serving import ShardedIndexes
         from threads_search.distributed.shards import ShardPlacement
 
+        require_ray()
         index_source = ShardedIndexes(ray, ShardPlacement(num_cpus=shard_cpus))
         if not quiet:
             typer.echo(f"searches answered by shard actors on the Ray cluster at {ray}")

@@ -145,3 +145,22 @@ def test_the_contract_catches_ray_outside_distributed(tmp_path):
     bad.write_text("def f():\n    import ray.data\n")
     assert any("optional extra" in line for line in _layer_violations(bad, "threads_search.search.bad"))
     assert _layer_violations(bad, "threads_search.distributed.bad") == []
+
+
+def test_ray_options_without_the_extra_are_one_line(tmp_path):
+    """With ray not importable, `--ray` exits 2 naming the extra to install, before the atlas is touched."""
+    import os
+    import subprocess
+    import sys
+
+    hidden = tmp_path / "hide"
+    hidden.mkdir()
+    (hidden / "ray.py").write_text("raise ModuleNotFoundError('No module named ray', name='ray')\n")
+    env = dict(os.environ, PYTHONPATH=str(hidden))
+    command = [sys.executable, "-c", "import sys; from threads_search.cli.app import main; sys.argv[0] = 'threads-search'; main()",
+               "embed", str(tmp_path / "no-atlas"), "--ray", "auto"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == ["error: --ray needs Ray, which is not installed; install the extra: "
+                                                "pip install -c constraints.txt 'threads-search[ray]'"]
+    assert not (tmp_path / "no-atlas").exists()

@@ -54,8 +54,10 @@ class RayConfig:
     num_gpus: float = 0.0
 
     def checked(self) -> "RayConfig":
+        """Self, or a one-line error: bad counts (InputError), Ray not installed (ClusterError)."""
         from threads_search.errors import InputError
 
+        require_ray()
         if self.workers < 1:
             raise InputError(f"--workers {self.workers}: must be at least 1")
         if self.num_cpus <= 0 or self.num_gpus < 0:
