@@ -53,16 +53,19 @@ def train(atlas: Path = typer.Argument(..., help="Atlas folder."),
 
 
 def embed(atlas: Path = typer.Argument(..., help="Atlas folder."),
-          model: str = typer.Option(None, "--model", help="Model id or prefix (default: the newest trained model)."),
+          model: str = typer.Option(None, "--model", help="Model id or prefix (default: the newest trained model), "
+                                                          "or a published encoder: feather | chief (with --weights)."),
+          weights: Path = typer.Option(None, "--weights", help="Local weights file of a published --model "
+                                                              "(safetensors or torch state dict; nothing is downloaded)."),
           quiet: bool = QUIET) -> None:
     """Embed every slide and profile with a model (resumes; skips what is done)."""
     from threads_search.atlas.store import open_atlas
-    from threads_search.jobs.embed import embed_atlas
-    from threads_search.atlas.stored_models import resolve_model_id
+    from threads_search.jobs.embed import embed_atlas, resolve_embed_model
 
     with open_atlas(atlas) as opened, progress_bar("embedding slides", quiet) as progress:
-        report = embed_atlas(opened, resolve_model_id(opened, model), progress)
-    warn(report.notes)
+        model_id, notes = resolve_embed_model(opened, model, weights)
+        report = embed_atlas(opened, model_id, progress)
+    warn(notes + report.notes)
     parts = ", ".join(f"{report.embedded.get(m, 0)} {m} (+{report.skipped.get(m, 0)} already)" for m in report.embedded)
     typer.echo(f"model {report.model_id}: embedded {parts}")
 

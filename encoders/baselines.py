@@ -61,7 +61,7 @@ def _reduce(profiles: np.ndarray, components: np.ndarray | None, out_dim: int) -
     return l2_normalise(padded)
 
 
-@register_model("meanpool", trainable=False,
+@register_model("meanpool", trainable=False, frozen=True,
                 description="untrained reference: mean of patch features, fixed random orthogonal map to 1024; "
                             "profiles standardised and PCA-reduced / zero-padded")
 class MeanPoolModel(ConfiguredEncoder):

@@ -17,7 +17,7 @@ from threads_search.atlas.profiles import load_profiles
 from threads_search.atlas.schema import MODALITIES, PROFILE_MODALITIES
 from threads_search.atlas.slides import load_slide_bag, slide_records
 from threads_search.atlas.store import Atlas
-from threads_search.atlas.stored_models import load_atlas_model
+from threads_search.atlas.stored_models import list_models, load_atlas_model, resolve_model_id, store_model
 
 SLIDES_PER_PART = 64
 Progress = Callable[[int, int, str], None]
@@ -46,6 +46,40 @@ def embed_atlas(atlas: Atlas, model_id: str, progress: Progress | None = None) -
         if part_count(atlas, model_id, modality) > MAX_PARTS:
             report.compacted[modality] = compact(atlas, model_id, modality)
     return report
+
+
+def resolve_embed_model(atlas: Atlas, model: str | None = None, weights=None) -> tuple[str, list[str]]:
+    """The model id `embed --model MODEL [--weights FILE]` means, and notes.
+
+    With `weights`, MODEL names a published encoder (feather, chief, ...): it is loaded from the
+    local file in its published layout for the atlas's patch features and stored as a frozen model
+    (idempotent: the same file gives the same id). Without, a published name picks the newest
+    stored model of that recipe (see resolve_model_id); anything else is a model id or prefix.
+    """
+    from pathlib import Path
+
+    from threads_search.encoders.published import load_published, published_recipes
+
+    published = published_recipes()
+    if weights is None:
+        if model in published and all(recipe != model for _, recipe in list_models(atlas)):
+            load_published(model, None)  # raises: weights not released, or --weights needed
+        return resolve_model_id(atlas, model), []
+    if model not in published:
+        from threads_search.errors import InputError
+
+        raise InputError(f"--weights: --model must name a published encoder ({', '.join(published)}), got '{model}'")
+    feature_dim = atlas.meta("feature_dim")
+    patch_encoder = atlas.meta("patch_encoder") or ""
+    loaded = load_published(model, Path(weights), int(feature_dim) if feature_dim else None, patch_encoder)
+    notes = []
+    expected = getattr(getattr(loaded, "layout", None), "patch_encoders", "")
+    if patch_encoder and expected and patch_encoder not in expected:
+        notes.append(f"{model}'s published weights were trained on {expected} features; the atlas holds "
+                     f"'{patch_encoder}' features (embeddings are computed, but may mean little)")
+    provenance = {"published": model, "weights_file": str(Path(weights).resolve()),
+                  "weights_sha256": loaded.config.weights_sha256, "frozen": True}
+    return store_model(atlas, loaded, provenance), notes
 
 
 def _embed_slides(atlas: Atlas, model, model_id: str, report: EmbedReport, progress: Progress | None) -> None:
