@@ -21,6 +21,9 @@ def train(atlas: Path = typer.Argument(..., help="Atlas folder."),
           label: str = typer.Option(None, "--label", help="Metadata column for validation relevance (same label = relevant)."),
           seed: int = typer.Option(0, "--seed"),
           out: Path = typer.Option(None, "--out", help="Also write the checkpoint (config.json + model.safetensors) here."),
+          slide_encoder: str = typer.Option(None, "--slide-encoder", help="Keep this stored model's slide embeddings "
+                                            "frozen (id, prefix or recipe: meanpool, feather ...) and train only the "
+                                            "molecular encoders into its space."),
           quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:
     """Train the slide and molecular encoders contrastively on paired slides and profiles."""
     from threads_search.atlas.store import open_atlas
@@ -29,6 +32,11 @@ def train(atlas: Path = typer.Argument(..., help="Atlas folder."),
 
     config = TrainingConfig(recipe=recipe or default_recipe(device), epochs=epochs, device=device, batch_size=batch_size,
                             patches_per_slide=patches, seed=seed)
+    if slide_encoder is not None:
+        from threads_search.cli.align_command import train_aligned
+
+        train_aligned(atlas, slide_encoder, config, where, label, out, quiet)
+        return
     with open_atlas(atlas) as opened, progress_bar("training (epochs)", quiet) as progress:
         def on_epoch(record) -> None:
             progress(record.epoch, epochs, "")

@@ -16,7 +16,8 @@ from typing import Any, Callable, Mapping
 
 from threads_search.errors import InputError
 
-_BUILTIN_MODULES = ("threads_search.encoders.model", "threads_search.encoders.baselines", "threads_search.encoders.published")
+_BUILTIN_MODULES = ("threads_search.encoders.model", "threads_search.encoders.baselines", "threads_search.encoders.published",
+                    "threads_search.encoders.aligned")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from threads_search.atlas.embeddings import MAX_PARTS, compact, embedded_vids, part_count, write_part
+from threads_search.atlas.embeddings import MAX_PARTS, compact, embedded_vids, load_embeddings, part_count, write_part
 from threads_search.atlas.items import count_items, vid_by_item
 from threads_search.atlas.profiles import load_profiles
 from threads_search.atlas.schema import MODALITIES, PROFILE_MODALITIES
@@ -84,11 +84,14 @@ def resolve_embed_model(atlas: Atlas, model: str | None = None, weights=None) ->
 
 def _embed_slides(atlas: Atlas, model, model_id: str, report: EmbedReport, progress: Progress | None) -> None:
     records = slide_records(atlas)
-    if records:
-        model.check_features(int(atlas.meta("feature_dim")), atlas.meta("patch_encoder"))
     done = embedded_vids(atlas, model_id, "slides")
     todo = [r for r in records if r.vid not in done]
     report.skipped["slides"] = len(records) - len(todo)
+    frozen = getattr(model, "frozen_slide_model_id", None)
+    if frozen and todo:
+        todo = _copy_frozen_slides(atlas, frozen, model_id, todo, report)
+    if todo:
+        model.check_features(int(atlas.meta("feature_dim")), atlas.meta("patch_encoder"))
     for start in range(0, len(todo), SLIDES_PER_PART):
         chunk = todo[start:start + SLIDES_PER_PART]
         vectors = []
@@ -97,7 +100,22 @@ def _embed_slides(atlas: Atlas, model, model_id: str, report: EmbedReport, progr
             if progress:
                 progress(start + offset + 1, len(todo), record.slide_id)
         write_part(atlas, model_id, "slides", np.array([r.vid for r in chunk], np.int64), np.stack(vectors))
-    report.embedded["slides"] = len(todo)
+    report.embedded["slides"] = report.embedded.get("slides", 0) + len(todo)
+
+
+def _copy_frozen_slides(atlas: Atlas, frozen_id: str, model_id: str, todo: list, report: EmbedReport) -> list:
+    """Copy the frozen slide model's stored vectors verbatim (an aligned model's slide side);
+    returns the slides it has not embedded, which are then encoded by the (same) frozen model."""
+    vids, vectors = load_embeddings(atlas, frozen_id, "slides", np.array([r.vid for r in todo], np.int64))
+    for start in range(0, len(vids), SLIDES_PER_PART * 16):
+        write_part(atlas, model_id, "slides", vids[start:start + SLIDES_PER_PART * 16],
+                   vectors[start:start + SLIDES_PER_PART * 16])
+    report.embedded["slides"] = len(vids)
+    copied = set(vids.tolist())
+    rest = [r for r in todo if r.vid not in copied]
+    if copied:
+        report.notes.append(f"slides: {len(copied)} vectors copied from the frozen slide model {frozen_id}")
+    return rest
 
 
 def _embed_profiles(atlas: Atlas, model, model_id: str, modality: str, report: EmbedReport) -> None:
