@@ -293,3 +293,23 @@ def test_cli_search_wsi_takes_the_patch_encoders_local_weights(tmp_path):
     assert payload["hits"][0]["id"] == "cmu_small_region"
     assert payload["hits"][0]["score"] == pytest.approx(1.0, abs=1e-5)
     assert payload["query"]["patch_encoder"] == "conch_v15"
+
+
+def test_prism_and_titan_need_the_hf_extra_and_a_local_snapshot(tmp_path, feature_folder):
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is not None:
+        pytest.skip("transformers is installed: the missing-extra message cannot be shown")
+    from threads_search.encoders.published import published_recipes
+
+    assert {"prism", "titan"} <= set(published_recipes())
+    atlas = tmp_path / "atlas"
+    assert cli("init", atlas).exit_code == 0
+    assert cli("ingest", "slides", atlas, feature_folder).exit_code == 0
+    snapshot = tmp_path / "Prism"
+    snapshot.mkdir()
+    (snapshot / "config.json").write_text("{}")
+    for name in ("prism", "titan"):
+        result = cli("embed", atlas, "--model", name, "--weights", snapshot)
+        assert result.exit_code != 0 and "pip install 'threads-search[hf]'" in result.output
+        assert len(result.output.strip().splitlines()) == 1
