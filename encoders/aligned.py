@@ -21,7 +21,7 @@ from torch import nn
 
 from threads_search.encoders.abmil import DEFAULT_CHUNK_SIZE
 from threads_search.encoders.model import INITIAL_LOGIT_SCALE, ConfiguredEncoder, ProfileBranches, build_config
-from threads_search.encoders.molecular import ExpressionEncoder, ExpressionNormaliser, MutationEncoder, MutationPanel
+from threads_search.encoders.molecular import ExpressionNormaliser, MutationPanel
 from threads_search.encoders.registry import get_model_spec, register_model
 from threads_search.errors import InputError, ModelMismatchError
 
@@ -55,14 +55,7 @@ class AlignedModel(ProfileBranches, ConfiguredEncoder, nn.Module):
         # Kept outside the module tree: its tensors are neither trained nor in this state_dict.
         self.__dict__["slide_model"] = slide_model
         self.logit_scale = nn.Parameter(torch.tensor(INITIAL_LOGIT_SCALE))
-        self.expression_normaliser: ExpressionNormaliser | None = None
-        self.expression_encoder: ExpressionEncoder | None = None
-        self.mutation_panel: MutationPanel | None = None
-        self.mutation_encoder: MutationEncoder | None = None
-        if expression_normaliser is not None:
-            self.attach_expression(expression_normaliser)
-        if mutation_panel is not None:
-            self.attach_mutations(mutation_panel)
+        self.start_branches(expression_normaliser, mutation_panel)
 
     @classmethod
     def create(cls, recipe: str = "aligned", **config: Any) -> "AlignedModel":
@@ -106,11 +99,6 @@ class AlignedModel(ProfileBranches, ConfiguredEncoder, nn.Module):
         model.load_state_dict(weights, strict=True)
         model.eval()
         return model
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        present = (True, self.expression_encoder is not None, self.mutation_encoder is not None)
-        return tuple(name for name, ok in zip(("slides", "expression", "mutations"), present) if ok)
 
     def check_features(self, feature_dim: int, patch_encoder: str | None = None) -> None:
         self.slide_model.check_features(feature_dim, patch_encoder)

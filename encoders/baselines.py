@@ -143,12 +143,7 @@ class MeanPoolModel(ConfiguredEncoder):
                      return_attention: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """(n_patches, in_dim) -> (out_dim,) float32 unit vector; the "attention" of a mean is
         uniform, (1, n_patches)."""
-        if bag.ndim != 2:
-            raise InputError(f"a bag of patch features must be 2-D (n_patches, dim), got shape {tuple(bag.shape)}")
-        self.check_features(int(bag.shape[1]))
-        n_patches = int(bag.shape[0])
-        if n_patches == 0:
-            raise InputError("the bag of patch features is empty (0 patches)")
+        n_patches = self.check_bag(bag)
         total = np.zeros(self.in_dim, dtype=np.float64)
         for start in range(0, n_patches, chunk_size):  # chunks: float16 bags are never copied whole
             chunk = bag[start:start + chunk_size]

@@ -72,6 +72,15 @@ class ConfiguredEncoder:
     def check_features(self, feature_dim: int, patch_encoder: str | None = None) -> None:
         check_feature_source(self, feature_dim, patch_encoder)
 
+    def check_bag(self, bag: np.ndarray | torch.Tensor) -> int:
+        """Number of patches of a (n_patches, in_dim) bag; InputError for another shape or an empty bag."""
+        if bag.ndim != 2:
+            raise InputError(f"a bag of patch features must be 2-D (n_patches, dim), got shape {tuple(bag.shape)}")
+        self.check_features(int(bag.shape[1]))
+        if bag.shape[0] == 0:
+            raise InputError("the bag of patch features is empty (0 patches)")
+        return int(bag.shape[0])
+
 
 def build_config(config_cls: type, values: dict[str, Any], recipe: str) -> Any:
     """A config dataclass from keyword values; unknown keys raise InputError naming them."""
@@ -110,6 +119,22 @@ class ProfileBranches:
     expression_encoder: ExpressionEncoder | None
     mutation_panel: MutationPanel | None
     mutation_encoder: MutationEncoder | None
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """slides, and the profile modalities with an encoder."""
+        present = (True, self.expression_encoder is not None, self.mutation_encoder is not None)
+        return tuple(name for name, ok in zip(("slides", "expression", "mutations"), present) if ok)
+
+    def start_branches(self, expression_normaliser: ExpressionNormaliser | None,
+                       mutation_panel: MutationPanel | None) -> None:
+        """Set up the branches (fresh encoders for the normaliser / panel given, none otherwise)."""
+        self.expression_normaliser = self.expression_encoder = None
+        self.mutation_panel = self.mutation_encoder = None
+        if expression_normaliser is not None:
+            self.attach_expression(expression_normaliser)
+        if mutation_panel is not None:
+            self.attach_mutations(mutation_panel)
 
     def attach_expression(self, normaliser: ExpressionNormaliser) -> None:
         """Add a freshly initialised expression encoder over the normaliser's genes."""
@@ -197,14 +222,7 @@ class ThreadsModel(ProfileBranches, ConfiguredEncoder, nn.Module):
             config.in_dim, config.hidden_dim, config.n_layers, config.n_heads, config.attn_dim, config.out_dim,
             config.dropout, config.attn_dropout)
         self.logit_scale = nn.Parameter(torch.tensor(INITIAL_LOGIT_SCALE))
-        self.expression_normaliser: ExpressionNormaliser | None = None
-        self.expression_encoder: ExpressionEncoder | None = None
-        self.mutation_panel: MutationPanel | None = None
-        self.mutation_encoder: MutationEncoder | None = None
-        if expression_normaliser is not None:
-            self.attach_expression(expression_normaliser)
-        if mutation_panel is not None:
-            self.attach_mutations(mutation_panel)
+        self.start_branches(expression_normaliser, mutation_panel)
 
     # -- construction --------------------------------------------------------------------
     @classmethod
@@ -226,11 +244,6 @@ class ThreadsModel(ProfileBranches, ConfiguredEncoder, nn.Module):
         return model
 
     # -- the common encoding interface ---------------------------------------------------
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        present = (True, self.expression_encoder is not None, self.mutation_encoder is not None)
-        return tuple(name for name, ok in zip(("slides", "expression", "mutations"), present) if ok)
-
     def encode_slide(self, bag: np.ndarray | torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE,
                      return_attention: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """(n_patches, in_dim) features -> (out_dim,) float32 unit vector; with

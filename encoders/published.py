@@ -191,12 +191,7 @@ class PublishedAttentionPool(ConfiguredEncoder):
         """(n_patches, in_dim) -> (out_dim,) float32 unit vector (512 FEATHER, in_dim CHIEF);
         with `return_attention`, also the (n_heads, n_patches) softmax weights. Streams the bag
         in chunks with an online softmax, so memory is bounded by `chunk_size`."""
-        if bag.ndim != 2:
-            raise InputError(f"a bag of patch features must be 2-D (n_patches, dim), got shape {tuple(bag.shape)}")
-        self.check_features(int(bag.shape[1]))
-        n_patches = int(bag.shape[0])
-        if n_patches == 0:
-            raise InputError("the bag of patch features is empty (0 patches)")
+        n_patches = self.check_bag(bag)
         heads = self.layout.n_heads
         pooled_dim = self.in_dim if self.layout.pools_raw_features else self.layout.embed_dim
         running_max = torch.full((heads,), float("-inf"))

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from threads_search.atlas.embeddings import load_embeddings
 from threads_search.atlas.items import patient_labels
@@ -36,7 +35,8 @@ from threads_search.errors import TrainingError
 from threads_search.training.job import _profile_table
 from threads_search.training.paired_data import PairedDataset, split_patients
 from threads_search.training.trainer import (
-    EpochRecord, TrainingConfig, _fit_profile_branches, _optimizer, clip_loss, resolve_device, retrieval_at_k)
+    EpochRecord, TrainingConfig, _fit_profile_branches, _optimizer, clip_loss, optimiser_step, resolve_device,
+    retrieval_at_k)
 
 PROFILE_OPTIONS = ("profile_hidden_dim", "profile_n_layers", "profile_dropout")
 
@@ -153,20 +153,10 @@ class _AlignmentRun:
             rows = [self._pick(modality.rows_by_patient[patients[i]]) for i in members]
             profiles = F.normalize(modality.encoder(modality.profiles[rows]).float(), dim=-1)
             losses.append(clip_loss(slides[members], profiles, logit_scale))
-        if not losses:
-            return None
-        loss = torch.stack(losses).sum()
-        if not torch.isfinite(loss):
-            raise TrainingError("the alignment loss became NaN / Inf; try a lower --learning-rate")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip_norm:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        with torch.no_grad():
-            self.model.logit_scale.clamp_(0.0, math.log(self.config.max_logit_scale))
-        return float(loss.detach())
+        loss = optimiser_step(self.model, self.optimizer, self.scheduler, self.config, losses)
+        if loss is not None and not math.isfinite(loss):
+            raise TrainingError("the alignment loss became NaN / Inf; try a lower learning rate")
+        return loss
 
     def _key(self, patient: str) -> str:
         return str(patient) if self.labels is None else str(self.labels.get(patient, f"<unlabelled {patient}>"))

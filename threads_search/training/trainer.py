@@ -190,6 +190,26 @@ def _optimizer(model: nn.Module, config: TrainingConfig, total_steps: int
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def optimiser_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, config: TrainingConfig,
+                   losses: list[torch.Tensor]) -> float | None:
+    """Sum the modalities' losses and take one clipped AdamW step (temperature clamped); returns
+    the loss, None when nothing was contrasted, NaN (and no step) when it is not finite."""
+    if not losses:
+        return None
+    loss = torch.stack(losses).sum()
+    if not torch.isfinite(loss):
+        return float("nan")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip_norm:
+        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
+    optimizer.step()
+    scheduler.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0.0, math.log(config.max_logit_scale))
+    return float(loss.detach())
+
+
 class _ContrastiveRun:
     """One training run; its methods are the steps of `train_model`."""
 
@@ -236,20 +256,7 @@ class _ContrastiveRun:
                 rows = [self._pick(modality.rows_by_patient[patients[i]]) for i in members]
                 profile_embeddings = F.normalize(modality.encoder(modality.profiles[rows]).float(), dim=-1)
                 losses.append(clip_loss(slide_embeddings[members], profile_embeddings, logit_scale))
-        if not losses:
-            return None
-        loss = torch.stack(losses).sum()
-        if not torch.isfinite(loss):
-            return float("nan")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip_norm:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        with torch.no_grad():
-            self.model.logit_scale.clamp_(0.0, math.log(self.config.max_logit_scale))
-        return float(loss.detach())
+        return optimiser_step(self.model, self.optimizer, self.scheduler, self.config, losses)
 
     def _pick(self, options: Sequence[Any]) -> Any:
         """One of a patient's slides / profile rows, at random."""
