@@ -313,3 +313,31 @@ def test_prism_and_titan_need_the_hf_extra_and_a_local_snapshot(tmp_path, featur
         result = cli("embed", atlas, "--model", name, "--weights", snapshot)
         assert result.exit_code != 0 and "pip install 'threads-search[hf]'" in result.output
         assert len(result.output.strip().splitlines()) == 1
+
+
+def test_cli_chief_from_a_torch_file_is_stored_with_its_provenance(tmp_path, feature_folder, slide_metadata):
+    import json
+
+    atlas = tmp_path / "atlas"
+    assert cli("init", atlas).exit_code == 0
+    assert cli("ingest", "slides", atlas, feature_folder, "--metadata", slide_metadata).exit_code == 0
+    weights = tmp_path / "CHIEF_pretraining.pth"
+    torch.save(chief_state(seed=2), weights)
+    result = cli("embed", atlas, "--model", "chief", "--weights", weights, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "trained on ctranspath" in result.output and "'conch_v15'" in result.output  # the atlas holds CONCH features
+    from threads_search.atlas.store import open_atlas
+    from threads_search.atlas.stored_models import model_summaries
+
+    with open_atlas(atlas, read_only=True) as opened:
+        (model,) = [m for m in model_summaries(opened) if m["recipe"] == "chief"]
+    assert model["provenance"]["weights_file"] == str(weights.resolve())
+    import hashlib
+
+    assert model["provenance"]["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    out = tmp_path / "eval.json"
+    evaluated = cli("eval", atlas, "--label", "subtype", "--queries", "site = 'siteA'", "--database", "site <> 'x'",
+                    "--model", "chief", "-k", "1", "--bootstrap", "0", "--json", out)
+    assert evaluated.exit_code == 0, evaluated.output
+    payload = json.loads(out.read_text())
+    assert payload["model_id"] == model["model_id"] and payload["n_queries"] == 4
