@@ -341,3 +341,59 @@ def test_cli_chief_from_a_torch_file_is_stored_with_its_provenance(tmp_path, fea
     assert evaluated.exit_code == 0, evaluated.output
     payload = json.loads(out.read_text())
     assert payload["model_id"] == model["model_id"] and payload["n_queries"] == 4
+
+
+class _FakePrism(nn.Module):
+    """Stands in for PRISM's remote code: `slide_representations(x)['image_embedding']`, 2560 -> 1280."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.proj = nn.Linear(2560, 1280)
+
+    def slide_representations(self, x):
+        return {"image_embedding": self.proj(x.mean(dim=1))}
+
+
+def test_prism_from_a_local_snapshot_through_transformers(tmp_path, monkeypatch):
+    """The snapshot path with a stand-in `transformers` module: offline, local files only, and a
+    snapshot whose files changed is refused when the stored model is loaded again."""
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType("transformers")
+    fake.AutoModel = types.SimpleNamespace(from_pretrained=lambda path, **kw: calls.append((path, kw)) or _FakePrism())
+    monkeypatch.setitem(sys.modules, "transformers", fake)
+    features = tmp_path / "features"
+    features.mkdir()
+    rng = np.random.default_rng(3)
+    bags = {f"S{i}": rng.normal(size=(int(rng.integers(5, 20)), 2560)).astype(np.float32) for i in range(4)}
+    from conftest import write_trident
+
+    for name, bag in bags.items():
+        write_trident(features / f"{name}.h5", bag, encoder="virchow")
+    atlas = tmp_path / "atlas"
+    assert cli("init", atlas).exit_code == 0
+    assert cli("ingest", "slides", atlas, features).exit_code == 0
+    snapshot = tmp_path / "Prism"
+    snapshot.mkdir()
+    (snapshot / "config.json").write_text('{"model_type": "prism"}')
+    (snapshot / "model.safetensors").write_bytes(b"weights")
+    result = cli("embed", atlas, "--model", "prism", "--weights", snapshot, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert calls[0][0] == str(snapshot.resolve())
+    assert calls[0][1] == {"trust_remote_code": True, "local_files_only": True}
+    from threads_search.atlas.embeddings import load_embeddings
+    from threads_search.atlas.store import open_atlas
+    from threads_search.atlas.stored_models import resolve_model_id
+
+    with open_atlas(atlas, read_only=True) as opened:
+        _, vectors = load_embeddings(opened, resolve_model_id(opened, "prism"), "slides")
+    with torch.no_grad():
+        expected = _FakePrism().slide_representations(torch.from_numpy(bags["S0"])[None])["image_embedding"][0].numpy()
+    np.testing.assert_allclose(vectors[0], unit(expected), atol=1e-5)
+    assert cli("index", atlas, "--model", "prism").exit_code == 0
+    (snapshot / "model.safetensors").write_bytes(b"other weights")
+    changed = cli("search", atlas, "--features", features / "S1.h5", "--model", "prism")
+    assert changed.exit_code != 0 and "snapshot's files changed" in changed.output

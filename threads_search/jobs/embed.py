@@ -77,8 +77,10 @@ def resolve_embed_model(atlas: Atlas, model: str | None = None, weights=None) ->
     if patch_encoder and expected and patch_encoder not in expected:
         notes.append(f"{model}'s published weights were trained on {expected} features; the atlas holds "
                      f"'{patch_encoder}' features (embeddings are computed, but may mean little)")
-    provenance = {"published": model, "weights_file": str(Path(weights).resolve()),
-                  "weights_sha256": loaded.config.weights_sha256, "frozen": True}
+    # a file's sha256, or a snapshot folder's fingerprint (hf_slide)
+    fingerprint = getattr(loaded.config, "weights_sha256", None) or getattr(loaded.config, "fingerprint", None)
+    provenance = {"published": model, "weights_file": str(Path(weights).resolve()), "weights_sha256": fingerprint,
+                  "frozen": True}
     return store_model(atlas, loaded, provenance), notes
 
 
