@@ -10,8 +10,9 @@ The atlas stores the snapshot's path and a fingerprint of its files (not a copy 
 the model is re-loaded from that folder, and refused if its files changed.
 
 PRISM (Virchow tile embeddings, 2560-d) -> `slide_representations(x)['image_embedding']`, 1280-d.
-TITAN needs each patch's coordinates and patch size, which this encoding interface does not pass
-yet; it is refused with the route that works today (TRIDENT's precomputed TITAN slide features).
+TITAN (CONCH v1.5, 768-d) -> `encode_slide_from_patch_features(x, coords, patch_size_level0)`, 768-d,
+as TRIDENT calls it: the model says `needs_coordinates`, and the embed job and `search --features`
+pass each slide's level-0 coords and patch size.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class SnapshotConfig:
                 description="PRISM (Paige) slide encoder from a local Hugging Face snapshot (--weights FOLDER; extra hf)")
 @register_model("titan", trainable=False, frozen=True,
                 description="TITAN (MahmoodLab) from a local Hugging Face snapshot (--weights FOLDER; extra hf; "
-                            "needs patch coordinates: not supported by embed yet)")
+                            "uses the patches' coordinates)")
 class SnapshotSlideEncoder(ConfiguredEncoder):
     def __init__(self, recipe: str, config: SnapshotConfig) -> None:
         self.recipe, self.config = recipe, config
@@ -75,9 +76,6 @@ class SnapshotSlideEncoder(ConfiguredEncoder):
             raise InputError(f"{folder}: not a Hugging Face snapshot folder (no config.json)")
         if config.fingerprint and snapshot_fingerprint(folder) != config.fingerprint:
             raise ModelMismatchError(f"{folder}: the snapshot's files changed since the model was stored")
-        if recipe == "titan":
-            raise InputError("model 'titan' needs each patch's coordinates, which `embed` does not pass yet; ingest "
-                             "TRIDENT's precomputed TITAN slide features instead (`ingest slide-embeddings`)")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
             self.module = transformers.AutoModel.from_pretrained(str(folder), trust_remote_code=True,
@@ -120,14 +118,28 @@ class SnapshotSlideEncoder(ConfiguredEncoder):
     def modalities(self) -> tuple[str, ...]:
         return ("slides",)
 
+    @property
+    def needs_coordinates(self) -> bool:
+        """TITAN places patches on a grid: callers pass `coords` and `patch_size_level0`."""
+        return self.recipe == "titan"
+
     @torch.no_grad()
-    def encode_slide(self, bag, chunk_size: int = DEFAULT_CHUNK_SIZE, return_attention: bool = False):
-        """(n_patches, 2560) Virchow features -> (1280,) PRISM slide embedding, unit length."""
+    def encode_slide(self, bag, chunk_size: int = DEFAULT_CHUNK_SIZE, return_attention: bool = False,
+                     coords: np.ndarray | None = None, patch_size_level0: int | None = None):
+        """PRISM: (n_patches, 2560) Virchow features -> (1280,); TITAN: (n_patches, 768) CONCH v1.5
+        features + (n_patches, 2) level-0 coords + the patch size at level 0 -> (768,). Unit length."""
         if return_attention:
             raise InputError(f"model '{self.recipe}' exposes no per-patch attention here")
-        self.check_features(int(bag.shape[1]))
+        n_patches = self.check_bag(bag)
         features = torch.as_tensor(np.asarray(bag, dtype=np.float32))[None]
-        embedding = self.module.slide_representations(features)["image_embedding"]
+        if self.needs_coordinates:
+            if coords is None or patch_size_level0 is None or len(coords) != n_patches:
+                raise InputError(f"model '{self.recipe}' needs each patch's level-0 coordinates and the patch size at "
+                                 "level 0 (TRIDENT's `coords` and `patch_size_level0`); this slide's file lacks them")
+            embedding = self.module.encode_slide_from_patch_features(
+                features, torch.as_tensor(np.asarray(coords, np.int64))[None], int(patch_size_level0))
+        else:
+            embedding = self.module.slide_representations(features)["image_embedding"]
         return l2_normalise(embedding.float().reshape(-1).numpy())
 
     def encode_expression(self, matrix, genes):

@@ -52,6 +52,15 @@ def check_feature_source(model: Any, feature_dim: int, patch_encoder: str | None
                                  f"not '{patch_encoder}'")
 
 
+def encode_slide_at(model: Any, features: np.ndarray, coords: np.ndarray | None = None,
+                    patch_size_level0: int | None = None) -> np.ndarray:
+    """`model.encode_slide(features)`; a model that `needs_coordinates` (TITAN) also gets the
+    (n_patches, 2) level-0 coords and the patch size at level 0."""
+    if getattr(model, "needs_coordinates", False):
+        return model.encode_slide(features, coords=coords, patch_size_level0=patch_size_level0)
+    return model.encode_slide(features)
+
+
 class ConfiguredEncoder:
     """What every model offers from its config: sizes, the patch encoder, the feature check."""
 

@@ -397,3 +397,54 @@ def test_prism_from_a_local_snapshot_through_transformers(tmp_path, monkeypatch)
     (snapshot / "model.safetensors").write_bytes(b"other weights")
     changed = cli("search", atlas, "--features", features / "S1.h5", "--model", "prism")
     assert changed.exit_code != 0 and "snapshot's files changed" in changed.output
+
+
+class _FakeTitan(nn.Module):
+    """Stands in for TITAN's remote code: `encode_slide_from_patch_features(x, coords, patch_size_level0)`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(6)
+        self.proj = nn.Linear(768, 768)
+        self.seen = []
+
+    def encode_slide_from_patch_features(self, x, coords, patch_size_level0):
+        self.seen.append((coords.clone(), patch_size_level0))
+        grid = (coords[0].float() / patch_size_level0).mean(dim=0)  # the result depends on where the patches are
+        return self.proj(x.mean(dim=1)) + grid.sum()
+
+
+def test_titan_gets_each_patchs_coordinates_and_the_patch_size(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    titan = _FakeTitan()
+    fake = types.ModuleType("transformers")
+    fake.AutoModel = types.SimpleNamespace(from_pretrained=lambda path, **kw: titan)
+    monkeypatch.setitem(sys.modules, "transformers", fake)
+    from conftest import write_trident
+    from threads_search.readers.patch_features import read_coords
+
+    features = tmp_path / "features"
+    features.mkdir()
+    rng = np.random.default_rng(4)
+    for i in range(3):
+        write_trident(features / f"S{i}.h5", rng.normal(size=(12 + i, 768)).astype(np.float32))
+    atlas = tmp_path / "atlas"
+    assert cli("init", atlas).exit_code == 0
+    assert cli("ingest", "slides", atlas, features).exit_code == 0
+    snapshot = tmp_path / "TITAN"
+    snapshot.mkdir()
+    (snapshot / "config.json").write_text("{}")
+    result = cli("embed", atlas, "--model", "titan", "--weights", snapshot, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert len(titan.seen) == 3
+    coords, patch_size = titan.seen[0]
+    assert patch_size == 1024 and np.array_equal(coords[0].numpy(), read_coords(features / "S0.h5"))
+    assert cli("index", atlas, "--model", "titan").exit_code == 0
+    found = cli("search", atlas, "--features", features / "S2.h5", "--model", "titan", "-k", 1, "--format", "json")
+    assert found.exit_code == 0, found.output
+    import json
+
+    assert json.loads(found.output)["hits"][0]["id"] == "S2"  # the same slide, encoded with its coordinates again
+    assert titan.seen[-1][0].shape == (1, 14, 2)

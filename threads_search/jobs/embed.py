@@ -15,7 +15,7 @@ from threads_search.atlas.embeddings import MAX_PARTS, compact, embedded_vids, l
 from threads_search.atlas.items import count_items, vid_by_item
 from threads_search.atlas.profiles import load_profiles
 from threads_search.atlas.schema import MODALITIES, PROFILE_MODALITIES
-from threads_search.atlas.slides import load_slide_bag, slide_records
+from threads_search.atlas.slides import encode_atlas_slide, slide_records
 from threads_search.atlas.store import Atlas
 from threads_search.atlas.stored_models import list_models, load_atlas_model, resolve_model_id, store_model
 
@@ -98,7 +98,7 @@ def _embed_slides(atlas: Atlas, model, model_id: str, report: EmbedReport, progr
         chunk = todo[start:start + SLIDES_PER_PART]
         vectors = []
         for offset, record in enumerate(chunk):
-            vectors.append(model.encode_slide(load_slide_bag(record)))
+            vectors.append(encode_atlas_slide(model, record))
             if progress:
                 progress(start + offset + 1, len(todo), record.slide_id)
         write_part(atlas, model_id, "slides", np.array([r.vid for r in chunk], np.int64), np.stack(vectors))

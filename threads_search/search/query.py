@@ -146,21 +146,23 @@ def resolve_query(atlas: Atlas, model: _LazyModel, query: Query) -> ResolvedQuer
     """The query's vector in the model's space, with what is known about it."""
     source = query.source()
     if source == "slide_id":
-        from threads_search.atlas.slides import load_slide_bag, slide_record
+        from threads_search.atlas.slides import encode_atlas_slide, slide_record
 
         vid, _, patient = _item(atlas, query.slide_id, ("slides",))
 
         def encode():
-            return model.get().encode_slide(load_slide_bag(slide_record(atlas, query.slide_id)))
+            return encode_atlas_slide(model.get(), slide_record(atlas, query.slide_id))
 
         vector = _stored_or_encoded(atlas, model, vid, "slides", encode)
         return ResolvedQuery(vector, {"type": "slide", "id": query.slide_id, "modality": "slides", "patient_id": patient}, vid)
     if source == "features":
-        from threads_search.readers.patch_features import inspect_feature_file, read_bag
+        from threads_search.encoders.model import encode_slide_at
+        from threads_search.readers.patch_features import inspect_feature_file, read_bag, read_coords
 
         info = inspect_feature_file(query.features)
         model.get().check_features(info.feature_dim, info.patch_encoder)
-        vector = model.get().encode_slide(read_bag(query.features))
+        coords = read_coords(query.features) if getattr(model.get(), "needs_coordinates", False) else None
+        vector = encode_slide_at(model.get(), read_bag(query.features), coords, info.patch_size_level0)
         return ResolvedQuery(vector, {"type": "features", "id": info.slide_id, "file": str(query.features),
                                       "modality": "slides", "patient_id": None})
     if source == "wsi":
@@ -264,7 +266,9 @@ def extract_like_atlas(atlas: Atlas, wsi: Path, mpp: float | None = None, model=
 
 def _resolve_wsi(atlas: Atlas, model: _LazyModel, query: Query) -> ResolvedQuery:
     slide, notes = extract_like_atlas(atlas, query.wsi, query.mpp, model.get(), query.patch_weights)
-    vector = model.get().encode_slide(slide.features)
+    from threads_search.encoders.model import encode_slide_at
+
+    vector = encode_slide_at(model.get(), slide.features, slide.coords, slide.attrs.get("patch_size_level0"))
     info = {"type": "wsi", "id": slide.slide_id, "file": str(query.wsi), "modality": "slides", "patient_id": None,
             "patches": int(slide.features.shape[0]), "patch_encoder": slide.attrs["encoder"],
             "magnification": slide.attrs["target_magnification"], "patch_size": slide.attrs["patch_size"]}
