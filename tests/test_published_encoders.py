@@ -343,6 +343,18 @@ def test_cli_chief_from_a_torch_file_is_stored_with_its_provenance(tmp_path, fea
     assert payload["model_id"] == model["model_id"] and payload["n_queries"] == 4
 
 
+def stand_in_transformers(monkeypatch, module: nn.Module) -> list:
+    """A `transformers` module whose AutoModel.from_pretrained returns `module`; returns its calls."""
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType("transformers")
+    fake.AutoModel = types.SimpleNamespace(from_pretrained=lambda path, **kw: calls.append((path, kw)) or module)
+    monkeypatch.setitem(sys.modules, "transformers", fake)
+    return calls
+
+
 class _FakePrism(nn.Module):
     """Stands in for PRISM's remote code: `slide_representations(x)['image_embedding']`, 2560 -> 1280."""
 
@@ -358,13 +370,7 @@ class _FakePrism(nn.Module):
 def test_prism_from_a_local_snapshot_through_transformers(tmp_path, monkeypatch):
     """The snapshot path with a stand-in `transformers` module: offline, local files only, and a
     snapshot whose files changed is refused when the stored model is loaded again."""
-    import sys
-    import types
-
-    calls = []
-    fake = types.ModuleType("transformers")
-    fake.AutoModel = types.SimpleNamespace(from_pretrained=lambda path, **kw: calls.append((path, kw)) or _FakePrism())
-    monkeypatch.setitem(sys.modules, "transformers", fake)
+    calls = stand_in_transformers(monkeypatch, _FakePrism())
     features = tmp_path / "features"
     features.mkdir()
     rng = np.random.default_rng(3)
@@ -415,13 +421,8 @@ class _FakeTitan(nn.Module):
 
 
 def test_titan_gets_each_patchs_coordinates_and_the_patch_size(tmp_path, monkeypatch):
-    import sys
-    import types
-
     titan = _FakeTitan()
-    fake = types.ModuleType("transformers")
-    fake.AutoModel = types.SimpleNamespace(from_pretrained=lambda path, **kw: titan)
-    monkeypatch.setitem(sys.modules, "transformers", fake)
+    stand_in_transformers(monkeypatch, titan)
     from conftest import write_trident
     from threads_search.readers.patch_features import read_coords
 

@@ -35,7 +35,7 @@ from threads_search.errors import TrainingError
 from threads_search.training.job import _profile_table
 from threads_search.training.paired_data import PairedDataset, split_patients
 from threads_search.training.trainer import (
-    EpochRecord, TrainingConfig, _fit_profile_branches, _optimizer, clip_loss, optimiser_step, resolve_device,
+    EpochRecord, TrainingConfig, _fit_profile_branches, _optimizer, modality_losses, optimiser_step, resolve_device,
     retrieval_at_k)
 
 PROFILE_OPTIONS = ("profile_hidden_dim", "profile_n_layers", "profile_dropout")
@@ -144,15 +144,7 @@ class _AlignmentRun:
 
     def step(self, patients: list[str]) -> float | None:
         slides = self.slides[[self._pick(self.slide_rows[p]) for p in patients]]
-        logit_scale = self.model.logit_scale.exp()
-        losses = []
-        for modality in self.modalities:
-            members = [i for i, p in enumerate(patients) if p in modality.rows_by_patient]
-            if len(members) < 2:
-                continue
-            rows = [self._pick(modality.rows_by_patient[patients[i]]) for i in members]
-            profiles = F.normalize(modality.encoder(modality.profiles[rows]).float(), dim=-1)
-            losses.append(clip_loss(slides[members], profiles, logit_scale))
+        losses = modality_losses(self.modalities, patients, slides, self.model.logit_scale.exp(), self._pick)
         loss = optimiser_step(self.model, self.optimizer, self.scheduler, self.config, losses)
         if loss is not None and not math.isfinite(loss):
             raise TrainingError("the alignment loss became NaN / Inf; try a lower learning rate")
