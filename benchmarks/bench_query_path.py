@@ -273,7 +273,6 @@ def run_size(n: int, n_queries: int, work: Path, methods: set[str]) -> dict:
             from threads_search.jobs.index import open_index
 
             product_index = open_index(atlas, built["model_id"], "slides")
-            direct = faiss.read_index(str(atlas_path / (product_index.path.name + ".faiss")))  # noqa: F841
             inner = faiss.downcast_index(product_index.index.index)
             params = product_index.search_params
             knob = product_index.spec.tuning_knob

@@ -39,13 +39,14 @@ def search(atlas: Path = typer.Argument(..., help="Atlas folder."),
            output: OutputFormat = choice(OutputFormat.table, "--format", help="Output format."),
            region: str = typer.Option(None, "--region", help="X,Y,W,H level-0 box of the query slide: search the patch index for similar regions."),
            patch: int = typer.Option(None, "--patch", help="Row N of the query slide's patches: search the patch index with it."),
-           group_by: GroupBy = choice(None, "--group-by", help="With --region/--patch: rank slides by the votes of their regions.")) -> None:
+           group_by: GroupBy = choice(None, "--group-by", help="With --region/--patch: rank slides by the votes of their regions."),
+           regions_per_slide: int = typer.Option(0, "--regions-per-slide", min=0, max=100, help="With --group-by slide: list each slide's best N matched regions (JSON: `regions`).")) -> None:
     """Nearest neighbours of a slide, feature file, raw slide, profile or prototype."""
     if region is not None or patch is not None or group_by is not None:
         from threads_search.cli.region_commands import search_regions_command
 
         search_regions_command(atlas, slide_id, features, wsi, region, patch, group_by, k, where,
-                               include_same_patient, label, mpp, output)
+                               include_same_patient, label, mpp, output, regions_per_slide)
         return
     from threads_search.atlas.store import open_atlas
     from threads_search.search.query import SearchOptions, query_from_arguments, search_atlas

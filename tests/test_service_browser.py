@@ -302,3 +302,163 @@ def test_the_api_docs_page_renders_from_vendored_files(demo, page):
     page.wait_for_selector(".swagger-ui .title")
     assert "threads-search" in page.text_content(".swagger-ui .title")
     assert page.locator(".opblock-summary-path[data-path='/api/search']").count() == 1
+
+
+@pytest.fixture(scope="module")
+def region_server(tmp_path_factory):
+    """The real-slide atlas (features, coordinates and pictures belong together) with its patch index."""
+    import shutil
+
+    from service_support import cli
+
+    atlas = tmp_path_factory.mktemp("region_browser") / "atlas"
+    shutil.copytree(real_slide_atlas(tmp_path_factory), atlas)
+    outcome = cli("index", atlas, "--level", "patches", "--quiet")
+    assert outcome.exit_code == 0, outcome.output
+    with live_server(create_app(ServiceConfig(atlas=atlas))) as base:
+        yield base
+
+
+def _page_point(page, pane: str, x: float, y: float) -> tuple[float, float]:
+    """Where the level-0 pixel (x, y) of a pane's slide is on the page."""
+    return tuple(page.evaluate(f"""() => {{
+        const osd = reviewPage.viewers.{pane}.osd;
+        const p = osd.world.getItemAt(0).imageToViewerElementCoordinates(new OpenSeadragon.Point({x}, {y}));
+        const r = osd.element.getBoundingClientRect();
+        return [r.left + p.x, r.top + p.y];
+    }}"""))
+
+
+def _settled(page) -> None:
+    """Wait until the page stops scrolling (the viewer scrolls itself into view smoothly)."""
+    previous = None
+    for _ in range(50):
+        position = page.evaluate("() => [window.scrollX, window.scrollY]")
+        if position == previous:
+            return
+        previous = position
+        page.wait_for_timeout(150)
+
+
+def _rects(page, selector: str) -> list[dict]:
+    return page.eval_on_selector_all(selector, """nodes => nodes.map(n => {
+        const r = n.getBoundingClientRect();
+        const frame = n.closest('.thumb-frame');  // on a thumbnail: also the share of the picture it starts at
+        const image = frame ? frame.querySelector('img.thumb').getBoundingClientRect() : null;
+        return {x: +n.dataset.x, y: +n.dataset.y, width: +n.dataset.width, height: +n.dataset.height,
+                left: r.left, top: r.top, right: r.right, bottom: r.bottom,
+                fx: image ? (r.left - image.left) / image.width : null, fy: image ? (r.top - image.top) / image.height : null};
+    })""")
+
+
+def _boxes(entries: list[dict]) -> list[tuple]:
+    return [(e["x"], e["y"], e["width"], e["height"]) for e in entries]
+
+
+def test_a_box_drawn_on_the_query_slide_outlines_the_matching_regions(region_server, page, shots):
+    base = region_server
+    ready(page, base)
+    search(page, "pink", 10, expected_hits=2)
+    page.click("#region-start")
+    page.wait_for_selector("#viewer[data-ready='true']")
+    assert page.is_visible("#region-bar") and page.get_attribute("#region-draw", "aria-pressed") == "true"
+    assert "draw a box on the query slide" in page.text_content("#pane-hit")
+    until(page, "+document.querySelector('#pane-query').dataset.tilesLoaded > 0")
+    _settled(page)
+    # Drag a box over the middle of the slide (level-0 600,400 to 1400,1100).
+    start, end = _page_point(page, "query", 600, 400), _page_point(page, "query", 1400, 1100)
+    with page.expect_response("**/api/search/regions") as answered:
+        page.mouse.move(*start)
+        page.mouse.down()
+        page.mouse.move(*end, steps=8)
+        page.mouse.up()
+    response = answered.value
+    payload = response.json()
+    sent = json.loads(response.request.post_data)
+    assert sent["slide_id"] == "pink" and sent["group_by"] == "slides"
+    drawn = sent["region"]
+    assert all(abs(a - b) <= 3 for a, b in zip((drawn["x"], drawn["y"], drawn["x"] + drawn["w"], drawn["y"] + drawn["h"]),
+                                                (600, 400, 1400, 1100))), drawn
+    assert [int(page.input_value(f"#region-{c}")) for c in "xywh"] == [drawn[c] for c in "xywh"]
+    wait_for_hits(page, len(payload["hits"]))
+    hits = payload["hits"]
+    assert hits and grid_ids(page) == [h["id"] for h in hits] and "pink" not in grid_ids(page)
+    assert page.text_content("#query-text").startswith("query: region pink")
+    # On each thumbnail, one outline per matching region, placed at the region's share of the slide.
+    until(page, f"document.querySelectorAll('#results .thumb-regions[data-outlined]').length === {len(hits)}")
+    for index, hit in enumerate(hits):
+        card = f"#results .hit >> nth={index}"
+        outlines = _rects(page, f"{card} >> .thumb-region")
+        assert _boxes(outlines) == _boxes(hit["regions"])
+        size = api(base, f"/api/images/{hit['vid']}")["wsi"]
+        for outline in outlines:
+            assert outline["fx"] * size["width"] == pytest.approx(outline["x"], abs=size["width"] / 100)
+            assert outline["fy"] * size["height"] == pytest.approx(outline["y"], abs=size["height"] / 100)
+    # The best hit opens beside the query with its regions outlined on its own slide.
+    page.wait_for_selector("#viewer[data-ready='true']")
+    assert page.text_content("#pane-hit .pane-title").startswith(f"#1 {hits[0]['id']}")
+    until(page, f"document.querySelector('#pane-hit').dataset.regionBoxes === '{len(hits[0]['regions'])}'")
+    page.wait_for_timeout(600)  # the panes settle on their regions
+    _settled(page)
+    hit_outlines = _rects(page, "#pane-hit .region-box.hit-box")
+    assert _boxes(hit_outlines) == _boxes(hits[0]["regions"])
+    for outline in hit_outlines:
+        left, top = _page_point(page, "hit", outline["x"], outline["y"])
+        right, bottom = _page_point(page, "hit", outline["x"] + outline["width"], outline["y"] + outline["height"])
+        assert (outline["left"], outline["top"], outline["right"], outline["bottom"]) == pytest.approx((left, top, right, bottom), abs=1.5)
+    query_box = _rects(page, "#pane-query .region-box.query-box")
+    assert _boxes(query_box) == [tuple(payload["query"]["region"])]
+    assert len(_rects(page, "#pane-query .region-box.query-patch")) == payload["query"]["patches"]
+    until(page, "+document.querySelector('#pane-hit').dataset.tilesLoaded > 0")
+    page.wait_for_timeout(400)
+    page.screenshot(path=str(shots / "5-region-search.png"), full_page=True)
+    # Keyboard: Escape leaves the tool; a typed box, regions instead of slides, searched with Enter.
+    page.keyboard.press("Escape")
+    assert page.get_attribute("#region-draw", "aria-pressed") == "false"
+    page.select_option("#region-group", "regions")
+    page.fill("#k", "4")
+    for name, value in zip("xywh", (900, 600, 400, 400)):
+        page.fill(f"#region-{name}", str(value))
+    with page.expect_response("**/api/search/regions") as answered:
+        page.press("#region-h", "Enter")
+    regions = answered.value.json()
+    assert json.loads(answered.value.request.post_data)["region"] == {"x": 900, "y": 600, "w": 400, "h": 400}
+    wait_for_hits(page, 4)
+    assert len(regions["hits"]) == 4 and all(h.get("regions") is None for h in regions["hits"])
+    until(page, "document.querySelectorAll('#results .thumb-regions[data-outlined]').length === 4")
+    cards = page.locator("#results .hit")
+    assert [_boxes(_rects(page, f"#results .hit >> nth={i} >> .thumb-region")) for i in range(cards.count())] == \
+        [[(h["x"], h["y"], h["width"], h["height"])] for h in regions["hits"]]
+    page.wait_for_selector("#viewer[data-ready='true']")
+    assert _boxes(_rects(page, "#pane-query .region-box.query-box")) == [(900, 600, 400, 400)]
+    page.screenshot(path=str(shots / "6-region-search-regions.png"), full_page=True)
+    # A refused filter is one line on the page; a box on no tissue says which patches there are.
+    page.expected_statuses.add(400)
+    page.fill("#where", "no_such_column = 1")
+    page.press("#region-h", "Enter")
+    until(page, "!document.querySelector('#message').hidden && document.querySelector('#status').textContent === 'region search refused'")
+    assert "no_such_column" in page.text_content("#message")
+    page.fill("#where", "")
+    for name, value in zip("xywh", (0, 0, 8, 8)):
+        page.fill(f"#region-{name}", str(value))
+    page.press("#region-h", "Enter")
+    until(page, "document.querySelector('#message').textContent.includes('covers no patch')")
+    page.screenshot(path=str(shots / "7-region-refused.png"), full_page=True)
+
+
+def test_region_search_on_an_atlas_without_a_patch_index_says_how_to_build_one(demo, page):
+    _, base = demo
+    ready(page, base)
+    page.check("#facets [data-facet-column='site'][data-facet-value='site4']")
+    search(page, "SYN-S4-0003-01Z-00-DX1", 3)
+    page.click("#region-start")
+    page.wait_for_selector("#viewer[data-ready='true']")
+    assert page.evaluate("document.activeElement.id") == "region-draw"  # the tool is reachable from the keyboard
+    page.expected_statuses.add(409)
+    for name, value in zip("xywh", (0, 0, 4096, 4096)):
+        page.fill(f"#region-{name}", str(value))
+    page.press("#region-h", "Enter")
+    until(page, "document.querySelector('#status').textContent === 'region search refused'")
+    assert "has no patch index" in page.text_content("#message")
+    assert "--level patches`" in page.text_content("#message")
+    assert grid_ids(page) and len(grid_ids(page)) == 3  # the slide hits stay as they were

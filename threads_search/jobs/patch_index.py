@@ -234,10 +234,15 @@ class OpenPatchIndex:
 
 
 def open_patch_index(atlas: Atlas) -> OpenPatchIndex:
-    """The atlas's patch index, ready to search; AtlasError if there is none."""
+    """The atlas's patch index, ready to search; AtlasError if there is none.
+
+    The index and its slide table are loaded once per opened atlas (their files are named per
+    build and never change, so a warm reader such as the service reuses them; FAISS searches of
+    one index run in parallel threads); the re-ranking source is new per call, closed by `close`.
+    """
     from threads_search.indexer.patch_index import load_patch_index
 
     stem = require_patch_index(atlas)["path"]
-    index = load_patch_index(atlas.path(stem))
-    slides = read_slide_table(atlas, stem)
+    index, slides = atlas.cached_file(("patch_index", stem),
+                                      lambda: (load_patch_index(atlas.path(stem)), read_slide_table(atlas, stem)))
     return OpenPatchIndex(index, slides, AtlasPatchVectors({vid: s["layout"] for vid, s in slides.items()}))

@@ -56,6 +56,7 @@ class RegionOptions:
     group_by: str | None = None
     label: str | None = None
     votes_per_patch: int = DEFAULT_VOTES_PER_PATCH
+    regions_per_slide: int = 0  # with group_by='slide': list each slide's best N matched regions (0: none)
 
 
 @dataclass
@@ -277,7 +278,7 @@ def search_regions(atlas: Atlas, query: RegionQuery, options: RegionOptions) -> 
         excluded_vids = np.array(sorted(excluded), np.int64)
         if options.group_by == "slide":
             scores, ids = searcher.search(patches.vectors, options.votes_per_patch, allowed, excluded_vids)
-            hits = _slide_hits(atlas, searcher, scores, ids, options.k)
+            hits = _slide_hits(atlas, searcher, scores, ids, options.k, options.regions_per_slide)
             target = "slides (by region votes)"
         else:
             scores, ids = searcher.search(patches.vectors, options.k, allowed, excluded_vids)
@@ -306,9 +307,12 @@ def _region_hits(atlas: Atlas, searcher: RegionSearcher, scores: np.ndarray, ids
     return _describe(atlas, searcher, [(patch_id, score, {"matched_query_patches": m}) for patch_id, score, m in chosen])
 
 
-def _slide_hits(atlas: Atlas, searcher: RegionSearcher, scores: np.ndarray, ids: np.ndarray, k: int) -> list[dict]:
+def _slide_hits(atlas: Atlas, searcher: RegionSearcher, scores: np.ndarray, ids: np.ndarray, k: int,
+                regions_per_slide: int = 0) -> list[dict]:
     """Slides ranked by region votes, each with its best-matching region; a slide's score is its
-    share of all the votes cast (the shares of every voted slide sum to 1)."""
+    share of all the votes cast (the shares of every voted slide sum to 1). With
+    `regions_per_slide`, each slide also lists its best distinct matched regions under `regions`
+    (the box, the best similarity to any query patch, the patch row), best first."""
     from threads_search.indexer.patch_ids import decode_patch_ids
 
     vids, totals, counts = slide_votes(scores, ids)
@@ -319,14 +323,45 @@ def _slide_hits(atlas: Atlas, searcher: RegionSearcher, scores: np.ndarray, ids:
         mask = hit_vids == vid
         position = np.argmax(np.where(mask, scores, -np.inf))
         best_id = int(ids.flat[position])
-        entries.append((best_id, float(total), {"votes": int(count), "best_region_score": round(float(scores.flat[position]), 6)}))
+        extra = {"votes": int(count), "best_region_score": round(float(scores.flat[position]), 6)}
+        if regions_per_slide > 0:
+            extra["regions"] = _slide_regions(searcher, ids[mask], scores[mask], regions_per_slide)
+        entries.append((best_id, float(total), extra))
     return _describe(atlas, searcher, entries)
+
+
+def _slide_regions(searcher: RegionSearcher, ids: np.ndarray, scores: np.ndarray, n: int) -> list[dict]:
+    """The best `n` distinct patches among one slide's hits, each by its best score (ties by id)."""
+    from threads_search.indexer.patch_ids import decode_patch_ids
+
+    order = np.lexsort((ids, -scores))
+    unique, first = np.unique(ids[order], return_index=True)
+    ranking = np.lexsort((unique, -scores[order][first]))[:n]
+    chosen, best = unique[ranking], scores[order][first][ranking]
+    vids, rows = decode_patch_ids(chosen)
+    boxes = _patch_boxes(searcher, int(vids[0]), rows) if chosen.size else []
+    return [{**box, "score": round(float(score), 6), "patch": int(row)} for box, score, row in zip(boxes, best, rows)]
+
+
+def _patch_boxes(searcher: RegionSearcher, vid: int, rows: np.ndarray, coords_by_vid: dict | None = None) -> list[dict]:
+    """Level-0 boxes {x, y, width, height} of rows of one indexed slide (None values without coordinates)."""
+    from threads_search.readers.patch_features import read_coords
+
+    coords_by_vid = {} if coords_by_vid is None else coords_by_vid
+    slide = searcher.opened.slides.get(vid)
+    if vid not in coords_by_vid:
+        layout = slide["layout"] if slide else None
+        coords_by_vid[vid] = read_coords(layout.path) if layout is not None and layout.kind != "torch" else None
+    coords = coords_by_vid[vid]
+    if coords is None:
+        return [{"x": None, "y": None, "width": None, "height": None} for _ in rows]
+    side = patch_side(coords, slide.get("patch_size_level0") if slide else None)
+    return [_box([*coords[int(row)], side, side]) for row in rows]
 
 
 def _describe(atlas: Atlas, searcher: RegionSearcher, entries: list[tuple[int, float, dict]]) -> list[dict]:
     """Hit dicts: rank, slide id, patient, score, the patch's box (level-0 x, y, width, height), metadata."""
     from threads_search.indexer.patch_ids import decode_patch_ids
-    from threads_search.readers.patch_features import read_coords
 
     if not entries:
         return []
@@ -337,14 +372,7 @@ def _describe(atlas: Atlas, searcher: RegionSearcher, entries: list[tuple[int, f
     for rank, ((patch_id, score, extra), vid, row) in enumerate(zip(entries, vids, rows), start=1):
         vid, row = int(vid), int(row)
         slide = searcher.opened.slides.get(vid)
-        if vid not in coords_by_vid:
-            layout = slide["layout"] if slide else None
-            coords_by_vid[vid] = read_coords(layout.path) if layout is not None and layout.kind != "torch" else None
-        coords = coords_by_vid[vid]
-        side = slide.get("patch_size_level0") if slide else None
-        box = {"x": None, "y": None, "width": None, "height": None}
-        if coords is not None:
-            box = _box([*coords[row], *(2 * [patch_side(coords, side)])])
+        box = _patch_boxes(searcher, vid, [row], coords_by_vid)[0]
         row_metadata = dict(metadata.get(vid, {}))
         hits.append({"rank": rank, "id": row_metadata.pop("item_id", slide["slide_id"] if slide else str(vid)),
                      "modality": row_metadata.pop("modality", "slides"),

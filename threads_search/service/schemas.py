@@ -83,3 +83,57 @@ class ClassifyRequest(BaseModel):
 
     prototypes: str = Field(..., max_length=200)
     where: str | None = Field(None, max_length=MAX_FILTER_CHARS)
+
+
+MAX_LEVEL0_PX = 10_000_000  # beyond any scanned slide (a 10 m side at 1 um/px); larger is a typo or an attack
+MAX_REGIONS_PER_SLIDE = 50
+
+
+class RegionGrouping(str, Enum):
+    regions = "regions"
+    slides = "slides"
+
+
+class RegionBox(BaseModel):
+    """A box on the query slide in level-0 pixels (the CLI's `--region X,Y,W,H`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    x: int = Field(..., ge=0, le=MAX_LEVEL0_PX)
+    y: int = Field(..., ge=0, le=MAX_LEVEL0_PX)
+    w: int = Field(..., gt=0, le=MAX_LEVEL0_PX)
+    h: int = Field(..., gt=0, le=MAX_LEVEL0_PX)
+
+
+class RegionSearchRequest(BaseModel):
+    """A region query on an atlas slide: a box or one patch row (the CLI's `search --region / --patch`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    slide_id: str = Field(..., min_length=1, max_length=1000)
+    region: RegionBox | None = None
+    patch: int | None = Field(None, ge=0, le=2**24 - 1, description="Row N of the slide's feature file.")
+    k: int = Field(10, ge=1, le=MAX_K)
+    where: str | None = Field(None, max_length=MAX_FILTER_CHARS, description="SQL filter over slide metadata.")
+    include_same_patient: bool = False
+    group_by: RegionGrouping = Field(RegionGrouping.regions,
+                                     description="regions: the matching regions; slides: slides ranked by region votes.")
+    regions_per_slide: int = Field(5, ge=0, le=MAX_REGIONS_PER_SLIDE,
+                                   description="With group_by slides: each slide's best N matched regions (`regions`).")
+    label: str | None = Field(None, max_length=200, description="Column for the majority vote.")
+
+    def query(self):
+        from threads_search.search.regions import RegionQuery
+
+        if (self.region is None) == (self.patch is None):
+            raise InputError("give exactly one of region {x, y, w, h} (level-0 px) or patch")
+        box = None if self.region is None else (self.region.x, self.region.y, self.region.w, self.region.h)
+        return RegionQuery(slide_id=self.slide_id, region=box, patch=self.patch)
+
+    def options(self):
+        from threads_search.search.regions import RegionOptions
+
+        grouped = self.group_by is RegionGrouping.slides
+        return RegionOptions(k=self.k, where=self.where or None, include_same_patient=self.include_same_patient,
+                             group_by="slide" if grouped else None, label=self.label,
+                             regions_per_slide=self.regions_per_slide if grouped else 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query as QueryParam, Request
 
 from threads_search.errors import InputError
-from threads_search.service.schemas import SearchRequest, SearchSettings, Target
+from threads_search.service.schemas import RegionSearchRequest, SearchRequest, SearchSettings, Target
 from threads_search.service.state import ServiceState, authorised, json_response, service_state
 
 router = APIRouter(prefix="/api", dependencies=[Depends(authorised)], tags=["search"])
@@ -25,6 +25,22 @@ def search(body: SearchRequest, state: ServiceState = Depends(service_state)):
     """The CLI's `search --slide-id | --sample-id | --prototype` with its options; hits as `search --format json`
     prints them, plus `vid` / `images` per hit and the `votes` distribution of the label column."""
     return json_response(_search(state, body.query(), body.options(), body.kind()))
+
+
+@router.post("/search/regions", summary="Regions of the archive like a box (or a patch) of an atlas slide")
+def search_regions(body: RegionSearchRequest, state: ServiceState = Depends(service_state)):
+    """The CLI's `search --slide-id ID --region X,Y,W,H | --patch N [--group-by slide]` over the patch
+    index: regions (slide id, level-0 `x`, `y`, `width`, `height`, score, metadata), or with
+    `group_by: slides` slides ranked by the votes of their regions, each with its best `regions`;
+    hits as `search --format json` prints them, plus `vid` / `images` per hit. An atlas without a
+    patch index answers 409 naming `threads-search index ATLAS --level patches`."""
+    from threads_search.service.search_service import region_payload
+
+    query, options = body.query(), body.options()
+    with state.searches, state.handle.reader() as (atlas, generation):
+        payload = region_payload(atlas, generation, query, options)
+    state.metrics.count_query("region", body.group_by.value)
+    return json_response(payload)
 
 
 def _settings(options_json: str) -> SearchSettings:

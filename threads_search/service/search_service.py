@@ -42,21 +42,36 @@ def vote_distribution(atlas: Atlas, result, options) -> dict | None:
 def search_payload(atlas: Atlas, generation: Generation, query, options, upload_name: str | None = None) -> dict:
     """`search_atlas`'s JSON (hits exactly as the CLI prints them) with, per hit, `vid` and
     `images` ({vid, thumbnail, wsi}); the query's images when it is an atlas slide; and `votes`."""
-    from threads_search.atlas.facets import vids_of
     from threads_search.search.query import search_atlas
 
     result = search_atlas(atlas, query, options)
-    payload = result.to_json()
+    payload = _with_images(atlas, generation, result.to_json(), options.target)
+    if upload_name is not None:
+        payload["query"]["file"] = upload_name  # the server's temporary path means nothing to the client
+    payload["votes"] = vote_distribution(atlas, result, options)
+    return payload
+
+
+def _with_images(atlas: Atlas, generation: Generation, payload: dict, target: str) -> dict:
+    """Per hit `vid` and `images`; the query's `images` when it is an atlas slide."""
+    from threads_search.atlas.facets import vids_of
+
     available = image_availability(atlas, generation)
-    vids = vids_of(atlas, options.target, [h["id"] for h in result.hits])
+    vids = vids_of(atlas, target, [h["id"] for h in payload["hits"]])
     for hit in payload["hits"]:
         hit["vid"] = vids.get(hit["id"])
         hit["images"] = _images(available, hit["id"], hit["vid"]) if hit["modality"] == "slides" else None
     info = payload["query"]
-    if info.get("type") == "slide":
+    if info.get("type") in ("slide", "region") and info.get("modality") == "slides" and not info.get("file"):
         vid = vids_of(atlas, "slides", [info["id"]]).get(info["id"])
         info["images"] = _images(available, info["id"], vid)
-    if upload_name is not None:
-        info["file"] = upload_name  # the server's temporary path means nothing to the client
-    payload["votes"] = vote_distribution(atlas, result, options)
     return payload
+
+
+def region_payload(atlas: Atlas, generation: Generation, query, options) -> dict:
+    """`search_regions`'s JSON (hits exactly as `search --region ... --format json` prints them:
+    regions, or with group_by slides the voted slides with their `regions`) plus `vid` / `images`
+    per hit and the query slide's `images`, so the page can draw each box on its slide."""
+    from threads_search.search.regions import search_regions
+
+    return _with_images(atlas, generation, search_regions(atlas, query, options).to_json(), "slides")

@@ -1,14 +1,41 @@
 // The results grid, the majority-vote panel and the exports.
 
-import { imageUrl } from "./api.js";
+import { getJson, imageUrl } from "./api.js";
 import { clear, download, el, formatValue, show } from "./dom.js";
+import { regionBoxesOf } from "./viewer.js";
 
 const FIXED_COLUMNS = ["rank", "id", "modality", "patient_id", "score"];
 const SERVICE_FIELDS = new Set(["vid", "images"]);
+const REGION_FIELDS = new Set(["x", "y", "width", "height", "patch", "patch_id", "regions", "votes",
+                               "best_region_score", "matched_query_patches"]);
 let objectUrls = [];
+const slideSizes = new Map(); // vid -> promise of the raw slide's level-0 {width, height} (null without one)
 
 export function metadataOf(hit) {
-  return Object.keys(hit).filter((key) => !FIXED_COLUMNS.includes(key) && !SERVICE_FIELDS.has(key));
+  return Object.keys(hit).filter((key) => !FIXED_COLUMNS.includes(key) && !SERVICE_FIELDS.has(key)
+    && !REGION_FIELDS.has(key));
+}
+
+function slideSize(vid) {
+  if (!slideSizes.has(vid)) {
+    slideSizes.set(vid, getJson(`/api/images/${vid}`).then((info) => info.wsi).catch(() => null));
+  }
+  return slideSizes.get(vid);
+}
+
+// A region hit's boxes over its thumbnail, placed in percent of the slide's level-0 size (the thumbnail
+// shows the whole slide), so they scale with the picture.
+async function outlineThumbnail(layer, hit, boxes) {
+  const size = await slideSize(hit.images.vid);
+  if (!size) return;
+  boxes.forEach((box, index) => {
+    const percent = (value, total) => `${(100 * value / total).toFixed(3)}%`;
+    layer.append(el("div", { class: `thumb-region${index === 0 ? " best" : ""}`,
+      dataset: { x: box.x, y: box.y, width: box.width, height: box.height },
+      style: { left: percent(box.x, size.width), top: percent(box.y, size.height),
+               width: percent(box.width, size.width), height: percent(box.height, size.height) } }));
+  });
+  layer.dataset.outlined = String(boxes.length);
 }
 
 function thumbnail(hit) {
@@ -19,8 +46,14 @@ function thumbnail(hit) {
   }
   const image = el("img", { class: "thumb", alt: `thumbnail of ${hit.id}`, hidden: true });
   const loading = el("div", { class: "placeholder loading" }, "loading…");
-  image.addEventListener("load", () => { loading.remove(); image.hidden = false; });
-  box.append(loading, image);
+  const boxes = regionBoxesOf(hit).filter((b) => b.x !== null && b.x !== undefined);
+  const layer = boxes.length ? el("div", { class: "thumb-regions" }) : null;
+  image.addEventListener("load", () => {
+    loading.remove();
+    image.hidden = false;
+    if (layer) outlineThumbnail(layer, hit, boxes);
+  });
+  box.append(loading, el("div", { class: "thumb-frame" }, image, layer));
   imageUrl(`/api/images/${hit.images.vid}/thumbnail.png?size=256`)
     .then((url) => { objectUrls.push(url); image.src = url; })
     .catch((error) => { box.replaceChildren(el("div", { class: "placeholder" }, `image unavailable: ${error.message}`)); });
@@ -39,6 +72,10 @@ function card(hit, state, actions) {
       el("span", { class: "score", title: "cosine similarity" }, hit.score.toFixed(4))),
     el("div", { class: "hit-id", title: hit.id }, hit.id),
     el("div", { class: "patient" }, "patient ", hit.patient_id),
+    hit.votes !== undefined && hit.regions ? el("div", { class: "region-count" },
+      `${hit.votes} region votes · best region ${Number(hit.best_region_score).toFixed(4)}`) : null,
+    hit.regions === undefined && hit.x !== undefined && hit.x !== null ? el("div", { class: "region-count" },
+      `region ${hit.x},${hit.y} (${hit.width}×${hit.height} px)`) : null,
     state.label ? el("div", { class: "label" }, `${state.label}: ${formatValue(label)}`) : null,
     details,
     el("div", { class: "hit-actions" },
@@ -58,7 +95,7 @@ export function renderResults(container, payload, state, actions) {
     if (state.hidden.has(hit.id)) node.classList.add("is-hidden");
     container.append(node);
   }
-  if (!payload.hits.length) container.append(el("p", { class: "empty" }, "no hits"));
+  if (!payload.hits.length) container.append(el("p", { class: "empty" }, actions.emptyText || "no hits"));
   return visible.length;
 }
 
@@ -82,7 +119,7 @@ export function renderVotes(section, votes) {
 
 function csvCell(value) {
   if (value === null || value === undefined) return "";
-  const text = String(value);
+  const text = typeof value === "object" ? JSON.stringify(value) : String(value);
   return /[",\n\r]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
 }
 
@@ -94,7 +131,7 @@ export function exportHits(payload, state, format) {
     download(`${stem}.json`, "application/json", JSON.stringify({ query: payload.query, hits }, null, 2));
     return;
   }
-  const columns = [...FIXED_COLUMNS, ...(hits.length ? metadataOf(hits[0]) : [])];
+  const columns = [...FIXED_COLUMNS, ...(hits.length ? Object.keys(hits[0]).filter((c) => !FIXED_COLUMNS.includes(c)) : [])];
   const lines = [columns.join(","), ...hits.map((hit) => columns.map((c) => csvCell(hit[c])).join(","))];
   download(`${stem}.csv`, "text/csv", lines.join("\n") + "\n");
 }

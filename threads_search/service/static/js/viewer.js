@@ -1,7 +1,9 @@
 // The side-by-side viewer: the query slide and a chosen hit in OpenSeadragon (DeepZoom tiles),
 // zoom and pan synchronised at equal physical scale (microns per screen pixel, from each slide's
 // mpp), a scale bar per pane, and the attention overlay drawn from the true values on the
-// service's numeric colour scale.
+// service's numeric colour scale. The region tool draws a box on the query slide (drag, or type
+// its level-0 coordinates); region hits are outlined on their slides as OpenSeadragon overlays
+// placed in level-0 pixels.
 
 /* global OpenSeadragon */
 import { authHeaders, getJson } from "./api.js";
@@ -14,6 +16,10 @@ const OVERLAY_MIN_ALPHA = 0.12;
 const OVERLAY_MAX_ALPHA = 0.7;
 const SCALE_BAR_PX = 120;
 export const viewers = { query: null, hit: null };
+// While `active`, a drag on the query pane draws a box instead of panning; `onBox` gets it in level-0 px.
+const regionTool = { active: false, onBox: null, onCancel: null };
+const MIN_DRAG_PX = 4;
+const FIT_MARGIN = 1.6; // a hit pane opens on its regions' bounding box grown this many times
 let syncing = false;
 let attentionRun = 0; // overlays of an older request (the toggle flipped again) are dropped
 
@@ -118,6 +124,7 @@ async function loadPane(section, name, vid, title) {
     osd.addOnceHandler("open-failed", (event) => reject(new Error(`tiles of ${title}: ${event.message}`)));
   });
   viewers[name] = entry;
+  if (name === "query") attachRegionTool(entry);
   updateScaleBar(entry);
   if (!wsi.mpp) note.textContent = "the slide records no microns per pixel: zoom is synchronised in pixels";
 }
@@ -203,21 +210,172 @@ export async function setAttention(section, on) {
   if (on) await Promise.all(["query", "hit"].map((name) => overlay(section, name, run)));
 }
 
-export async function openViewer(section, query, hit) {
+function emptyHitPane(section, text) {
+  destroy("hit");
+  const pane = paneOf(section, "hit");
+  pane.querySelector(".pane-title").textContent = "hit";
+  pane.querySelector(".pane-note").textContent = "";
+  pane.dataset.tilesLoaded = "0";
+  clear(pane.querySelector(".osd")).append(el("div", { class: "placeholder big" }, text));
+}
+
+// Opens the query slide and a hit (or, with hit null, the query slide alone, for the region tool).
+// A query slide already open stays as it is (its zoom and drawn box). Region queries and region
+// hits are outlined; their panes then open on their own regions, unsynchronised.
+export async function openViewer(section, query, hit, emptyText = "choose a hit to view") {
   show(section, true);
   delete section.dataset.ready;
   const queryVid = query.images && query.images.wsi ? query.images.vid : null;
-  await Promise.all([loadPane(section, "query", queryVid, `query: ${query.id}`),
-                     loadPane(section, "hit", hit.images.vid, `#${hit.rank} ${hit.id} (score ${hit.score.toFixed(4)})`)]);
+  const keepQuery = viewers.query && queryVid && viewers.query.vid === queryVid;
+  await Promise.all([
+    keepQuery ? Promise.resolve() : loadPane(section, "query", queryVid, `query: ${query.id}`),
+    hit ? loadPane(section, "hit", hit.images.vid, `#${hit.rank} ${hit.id} (score ${hit.score.toFixed(4)})`)
+      : Promise.resolve(emptyHitPane(section, emptyText)),
+  ]);
   for (const legend of section.querySelectorAll(".legend")) show(legend, false);
-  follow("query", section);
+  const regional = query.type === "region";
+  if (regional) {
+    section.querySelector("#viewer-sync").checked = false;
+    outlineQuery(query);
+    if (hit) outlineHit(hit);
+  } else {
+    if (viewers.query) for (const kind of ["query-box", "query-patch"]) removeOutlines(viewers.query, kind);
+    follow("query", section);
+  }
   if (section.querySelector("#attention-toggle").checked) await setAttention(section, true);
   section.dataset.ready = "true";
   section.scrollIntoView({ behavior: "smooth" });
 }
 
 export function closeViewer(section) {
+  setRegionTool(section, false);
   destroy("query");
   destroy("hit");
   show(section, false);
+}
+
+// ---- region outlines and the region tool ----
+
+function removeOutlines(entry, kind) {
+  for (const node of [...entry.pane.querySelectorAll(`.region-box.${kind}`)]) entry.osd.removeOverlay(node);
+}
+
+// Boxes {x, y, width, height} (level-0 px) as overlays of one pane; each carries its coordinates in data-*.
+function outline(name, boxes, kind) {
+  const entry = viewers[name];
+  if (!entry) return [];
+  removeOutlines(entry, kind);
+  const item = entry.osd.world.getItemAt(0);
+  return boxes.filter((box) => box.x !== null && box.x !== undefined).map((box, index) => {
+    const node = el("div", { class: `region-box ${kind}${index === 0 ? " best" : ""}`,
+                             title: box.score !== undefined ? `similarity ${Number(box.score).toFixed(4)}` : null,
+                             dataset: { x: box.x, y: box.y, width: box.width, height: box.height } });
+    entry.osd.addOverlay({ element: node, location: item.imageToViewportRectangle(box.x, box.y, box.width, box.height) });
+    return node;
+  });
+}
+
+function fitTo(name, boxes) {
+  const entry = viewers[name];
+  const placed = boxes.filter((b) => b.x !== null && b.x !== undefined);
+  if (!entry || !placed.length) return;
+  const x0 = Math.min(...placed.map((b) => b.x));
+  const y0 = Math.min(...placed.map((b) => b.y));
+  const x1 = Math.max(...placed.map((b) => b.x + b.width));
+  const y1 = Math.max(...placed.map((b) => b.y + b.height));
+  const side = FIT_MARGIN * Math.max(x1 - x0, y1 - y0);
+  const item = entry.osd.world.getItemAt(0);
+  entry.osd.viewport.fitBounds(item.imageToViewportRectangle((x0 + x1 - side) / 2, (y0 + y1 - side) / 2, side, side), true);
+}
+
+export function regionBoxesOf(hit) {
+  if (hit.regions && hit.regions.length) return hit.regions;
+  return hit.x !== null && hit.x !== undefined ? [hit] : [];
+}
+
+function outlineQuery(query) {
+  if (!viewers.query || !query.region) return;
+  const [x, y, width, height] = query.region;
+  outline("query", query.query_patches || [], "query-patch");
+  outline("query", [{ x, y, width, height }], "query-box");
+  viewers.query.pane.dataset.regionBox = [x, y, width, height].join(",");
+}
+
+function outlineHit(hit) {
+  const boxes = regionBoxesOf(hit);
+  const nodes = outline("hit", boxes, "hit-box");
+  const pane = viewers.hit.pane;
+  pane.dataset.regionBoxes = String(nodes.length);
+  pane.querySelector(".pane-note").textContent = nodes.length
+    ? `${nodes.length} matching region${nodes.length > 1 ? "s" : ""} outlined (the best solid); zoom and pan are not synchronised`
+    : "this slide's patches have no coordinates: its regions cannot be drawn";
+  fitTo("hit", boxes);
+}
+
+function viewportRect(start, end) {
+  return new OpenSeadragon.Rect(Math.min(start.x, end.x), Math.min(start.y, end.y),
+                                Math.abs(end.x - start.x), Math.abs(end.y - start.y));
+}
+
+// A drag on the query pane draws the box while the tool is on; the release reports it in level-0 px
+// (clipped to the slide). A drag of a few screen pixels is a click, not a box.
+function attachRegionTool(entry) {
+  const { osd } = entry;
+  let start = null;
+  let startPx = null;
+  let node = null;
+  osd.addHandler("canvas-press", (event) => {
+    if (!regionTool.active) return;
+    event.preventDefaultAction = true;
+    start = osd.viewport.viewerElementToViewportCoordinates(event.position);
+    startPx = event.position;
+    removeOutlines(entry, "query-box");
+    removeOutlines(entry, "query-patch");
+    node = el("div", { class: "region-box query-box drawing" });
+    osd.addOverlay({ element: node, location: viewportRect(start, start) });
+  });
+  osd.addHandler("canvas-drag", (event) => {
+    if (!regionTool.active || !start) return;
+    event.preventDefaultAction = true;
+    osd.updateOverlay(node, viewportRect(start, osd.viewport.viewerElementToViewportCoordinates(event.position)));
+  });
+  osd.addHandler("canvas-drag-end", (event) => { if (regionTool.active) event.preventDefaultAction = true; });
+  osd.addHandler("canvas-release", (event) => {
+    if (!regionTool.active || !start) return;
+    event.preventDefaultAction = true;
+    const end = osd.viewport.viewerElementToViewportCoordinates(event.position);
+    const moved = Math.max(Math.abs(event.position.x - startPx.x), Math.abs(event.position.y - startPx.y));
+    const rect = entry.osd.world.getItemAt(0).viewportToImageRectangle(viewportRect(start, end));
+    start = null;
+    if (moved < MIN_DRAG_PX) {
+      osd.removeOverlay(node);
+      return;
+    }
+    const x0 = Math.max(0, Math.round(rect.x));
+    const y0 = Math.max(0, Math.round(rect.y));
+    const x1 = Math.min(entry.info.width, Math.round(rect.x + rect.width));
+    const y1 = Math.min(entry.info.height, Math.round(rect.y + rect.height));
+    osd.removeOverlay(node);
+    if (x1 <= x0 || y1 <= y0) return;
+    const box = { x: x0, y: y0, width: x1 - x0, height: y1 - y0 };
+    outline("query", [box], "query-box");
+    if (regionTool.onBox) regionTool.onBox(box);
+  });
+}
+
+// The tool on or off: the button's pressed state, a crosshair over the query slide, Escape to leave it.
+export function setRegionTool(section, on, onBox = null) {
+  regionTool.active = on;
+  if (onBox) regionTool.onBox = onBox;
+  const button = section.querySelector("#region-draw");
+  button.setAttribute("aria-pressed", String(on));
+  paneOf(section, "query").classList.toggle("drawing", on);
+}
+
+export function regionToolActive() {
+  return regionTool.active;
+}
+
+export function showQueryBox(box) {
+  outline("query", [box], "query-box");
 }
