@@ -34,7 +34,7 @@ def search(atlas: Path = typer.Argument(..., help="Atlas folder."),
            label: str = typer.Option(None, "--label", help="Column for the majority-vote line (default: subtype/diagnosis if present)."),
            mpp: float = typer.Option(None, "--mpp", help="Microns per pixel for --wsi files that lack it."),
            weights: Path = typer.Option(None, "--weights", help="With --wsi: local weights file of the atlas's patch "
-                                                                "encoder when it needs one (nothing is downloaded)."),
+                                                                "encoder when it needs one (also for --region; nothing is downloaded)."),
            device: Device = choice(Device.auto, "--device", help="Where the index runs (cuda = gpu)."),
            output: OutputFormat = choice(OutputFormat.table, "--format", help="Output format."),
            region: str = typer.Option(None, "--region", help="X,Y,W,H level-0 box of the query slide: search the patch index for similar regions."),
@@ -46,7 +46,7 @@ def search(atlas: Path = typer.Argument(..., help="Atlas folder."),
         from threads_search.cli.region_commands import search_regions_command
 
         search_regions_command(atlas, slide_id, features, wsi, region, patch, group_by, k, where,
-                               include_same_patient, label, mpp, output, regions_per_slide)
+                               include_same_patient, label, mpp, output, regions_per_slide, weights)
         return
     from threads_search.atlas.store import open_atlas
     from threads_search.search.query import SearchOptions, query_from_arguments, search_atlas

@@ -293,6 +293,13 @@ def test_cli_search_wsi_takes_the_patch_encoders_local_weights(tmp_path):
     assert payload["hits"][0]["id"] == "cmu_small_region"
     assert payload["hits"][0]["score"] == pytest.approx(1.0, abs=1e-5)
     assert payload["query"]["patch_encoder"] == "conch_v15"
+    # region queries from the raw slide take the same weights
+    assert cli("index", atlas, "--level", "patches").exit_code == 0
+    region = cli("search", atlas, "--wsi", slide, "--weights", conch, "--patch", 0, "-k", 1, "--format", "json",
+                 "--include-same-patient")
+    assert region.exit_code == 0, region.output
+    hit = json.loads(region.output)["hits"][0]
+    assert hit["score"] == pytest.approx(1.0, abs=1e-4)
 
 
 def test_prism_and_titan_need_the_hf_extra_and_a_local_snapshot(tmp_path, feature_folder):
