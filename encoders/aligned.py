@@ -76,6 +76,10 @@ class AlignedModel(ProfileBranches, ConfiguredEncoder, nn.Module):
         return cls(config, slide_model)
 
     @property
+    def has_patch_attention(self) -> bool:
+        return bool(getattr(self.slide_model, "has_patch_attention", False))
+
+    @property
     def frozen_slide_model_id(self) -> str:
         """The model whose stored slide embeddings are this model's slide embeddings."""
         return self.config.slide_model_id

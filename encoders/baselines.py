@@ -67,6 +67,8 @@ def _reduce(profiles: np.ndarray, components: np.ndarray | None, out_dim: int) -
 class MeanPoolModel(ConfiguredEncoder):
     """Mean pooling baseline with the same interface as ThreadsModel."""
 
+    has_patch_attention = False  # a mean weighs every patch alike
+
     def __init__(self, config: MeanPoolConfig, recipe: str = "meanpool", projection: np.ndarray | None = None) -> None:
         self.config = config
         self.recipe = recipe

@@ -221,6 +221,8 @@ class ThreadsModel(ProfileBranches, ConfiguredEncoder, nn.Module):
     """Slide encoder + optional expression encoder (with its normaliser) + optional mutation
     encoder (with its gene panel) + the learnable CLIP temperature."""
 
+    has_patch_attention = True  # encode_slide(..., return_attention=True) weighs patches (heatmaps)
+
     def __init__(self, config: ThreadsModelConfig, recipe: str = "threads-abmil",
                  expression_normaliser: ExpressionNormaliser | None = None,
                  mutation_panel: MutationPanel | None = None) -> None:

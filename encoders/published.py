@@ -134,6 +134,8 @@ class AttentionPoolConfig:
 class PublishedAttentionPool(ConfiguredEncoder):
     """A frozen published gated-attention slide encoder (FEATHER or CHIEF layout); slides only."""
 
+    has_patch_attention = True
+
     def __init__(self, recipe: str, config: AttentionPoolConfig, tensors: Mapping[str, torch.Tensor]) -> None:
         self.recipe = recipe
         self.layout = LAYOUTS[recipe]

@@ -293,7 +293,10 @@ def test_cli_search_wsi_takes_the_patch_encoders_local_weights(tmp_path):
     assert payload["hits"][0]["id"] == "cmu_small_region"
     assert payload["hits"][0]["score"] == pytest.approx(1.0, abs=1e-5)
     assert payload["query"]["patch_encoder"] == "conch_v15"
-    # region queries from the raw slide take the same weights
+    # so do heatmaps of the raw slide (FEATHER's attention) and region queries
+    painted = cli("heatmap", atlas, "--wsi", slide, "--weights", conch, "--model", "feather", "--out", tmp_path / "h.png")
+    assert painted.exit_code == 0, painted.output
+    assert "1 attention heads of model" in painted.output and (tmp_path / "h.png").stat().st_size > 0
     assert cli("index", atlas, "--level", "patches").exit_code == 0
     region = cli("search", atlas, "--wsi", slide, "--weights", conch, "--patch", 0, "-k", 1, "--format", "json",
                  "--include-same-patient")
