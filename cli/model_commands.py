@@ -21,6 +21,9 @@ def train(atlas: Path = typer.Argument(..., help="Atlas folder."),
           label: str = typer.Option(None, "--label", help="Metadata column for validation relevance (same label = relevant)."),
           seed: int = typer.Option(0, "--seed"),
           out: Path = typer.Option(None, "--out", help="Also write the checkpoint (config.json + model.safetensors) here."),
+          slide_encoder: str = typer.Option(None, "--slide-encoder", help="Keep this stored model's slide embeddings "
+                                            "frozen (id, prefix or recipe: meanpool, feather ...) and train only the "
+                                            "molecular encoders into its space."),
           quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:
     """Train the slide and molecular encoders contrastively on paired slides and profiles."""
     from threads_search.atlas.store import open_atlas
@@ -29,6 +32,11 @@ def train(atlas: Path = typer.Argument(..., help="Atlas folder."),
 
     config = TrainingConfig(recipe=recipe or default_recipe(device), epochs=epochs, device=device, batch_size=batch_size,
                             patches_per_slide=patches, seed=seed)
+    if slide_encoder is not None:
+        from threads_search.cli.align_command import train_aligned
+
+        train_aligned(atlas, slide_encoder, config, where, label, out, quiet)
+        return
     with open_atlas(atlas) as opened, progress_bar("training (epochs)", quiet) as progress:
         def on_epoch(record) -> None:
             progress(record.epoch, epochs, "")
@@ -53,16 +61,19 @@ def train(atlas: Path = typer.Argument(..., help="Atlas folder."),
 
 
 def embed(atlas: Path = typer.Argument(..., help="Atlas folder."),
-          model: str = typer.Option(None, "--model", help="Model id or prefix (default: the newest trained model)."),
+          model: str = typer.Option(None, "--model", help="Model id or prefix (default: the newest trained model), "
+                                                          "or a published encoder: feather | chief (with --weights)."),
+          weights: Path = typer.Option(None, "--weights", help="Local weights file of a published --model "
+                                                              "(safetensors or torch state dict; nothing is downloaded)."),
           quiet: bool = QUIET) -> None:
     """Embed every slide and profile with a model (resumes; skips what is done)."""
     from threads_search.atlas.store import open_atlas
-    from threads_search.jobs.embed import embed_atlas
-    from threads_search.atlas.stored_models import resolve_model_id
+    from threads_search.jobs.embed import embed_atlas, resolve_embed_model
 
     with open_atlas(atlas) as opened, progress_bar("embedding slides", quiet) as progress:
-        report = embed_atlas(opened, resolve_model_id(opened, model), progress)
-    warn(report.notes)
+        model_id, notes = resolve_embed_model(opened, model, weights)
+        report = embed_atlas(opened, model_id, progress)
+    warn(notes + report.notes)
     parts = ", ".join(f"{report.embedded.get(m, 0)} {m} (+{report.skipped.get(m, 0)} already)" for m in report.embedded)
     typer.echo(f"model {report.model_id}: embedded {parts}")
 
