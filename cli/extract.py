@@ -87,6 +87,7 @@ def heatmap(
     out: Path = typer.Option(..., "--out", help="PNG to write: attention over the thumbnail, with a colour bar."),
     model: str | None = typer.Option(None, "--model", help="Model id or prefix (default: the newest trained model)."),
     mpp: float | None = typer.Option(None, "--mpp", help="Microns per pixel at level 0, for --wsi files that lack it."),
+    weights: Path | None = typer.Option(None, "--weights", help="With --wsi: local weights file of the atlas's patch encoder."),
 ) -> None:
     """The slide encoder's attention over the tissue: which regions made the match."""
     from threads_search.atlas.store import open_atlas
@@ -94,7 +95,8 @@ def heatmap(
     from threads_search.search.heatmap import attention_heatmap
 
     with open_atlas(atlas, read_only=True) as opened:
-        result = attention_heatmap(opened, out, slide_id=slide_id, wsi=wsi, model_id=model, mpp=mpp)
+        result = attention_heatmap(opened, out, slide_id=slide_id, wsi=wsi, model_id=model, mpp=mpp,
+                                   patch_weights=weights)
     warn(result.notes)
     top = ", ".join(f"({x}, {y}) {weight:.3f}" for x, y, weight in result.top_patches)
     typer.echo(f"heatmap of {result.slide_id}: {result.n_patches} patches, mean of {result.n_heads} attention heads of "

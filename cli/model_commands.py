@@ -21,6 +21,9 @@ def train(atlas: Path = typer.Argument(..., help="Atlas folder."),
           label: str = typer.Option(None, "--label", help="Metadata column for validation relevance (same label = relevant)."),
           seed: int = typer.Option(0, "--seed"),
           out: Path = typer.Option(None, "--out", help="Also write the checkpoint (config.json + model.safetensors) here."),
+          slide_encoder: str = typer.Option(None, "--slide-encoder", help="Keep this stored model's slide embeddings "
+                                            "frozen (id, prefix or recipe: meanpool, feather ...) and train only the "
+                                            "molecular encoders into its space."),
           quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:
     """Train the slide and molecular encoders contrastively on paired slides and profiles."""
     from threads_search.atlas.store import open_atlas
@@ -29,6 +32,11 @@ def train(atlas: Path = typer.Argument(..., help="Atlas folder."),
 
     config = TrainingConfig(recipe=recipe or default_recipe(device), epochs=epochs, device=device, batch_size=batch_size,
                             patches_per_slide=patches, seed=seed)
+    if slide_encoder is not None:
+        from threads_search.cli.align_command import train_aligned
+
+        train_aligned(atlas, slide_encoder, config, where, label, out, quiet)
+        return
     with open_atlas(atlas) as opened, progress_bar("training (epochs)", quiet) as progress:
         def on_epoch(record) -> None:
             progress(record.epoch, epochs, "")
@@ -53,7 +61,10 @@ def train(atlas: Path = typer.Argument(..., help="Atlas folder."),
 
 
 def embed(atlas: Path = typer.Argument(..., help="Atlas folder."),
-          model: str = typer.Option(None, "--model", help="Model id or prefix (default: the newest trained model)."),
+          model: str = typer.Option(None, "--model", help="Model id or prefix (default: the newest trained model), "
+                                                          "or a published encoder: feather | chief (with --weights)."),
+          weights: Path = typer.Option(None, "--weights", help="Local weights file of a published --model "
+                                                              "(safetensors or torch state dict; nothing is downloaded)."),
           ray: str = typer.Option(None, "--ray", help="Encode the slides on a Ray cluster: auto (the one `ray start` runs here), "
                                                       "HOST:PORT, or local (a cluster in this process). Needs the `ray` extra."),
           workers: int = typer.Option(2, "--workers", help="With --ray: actors in the pool (each loads the model once)."),
@@ -62,8 +73,7 @@ def embed(atlas: Path = typer.Argument(..., help="Atlas folder."),
           quiet: bool = QUIET) -> None:
     """Embed every slide and profile with a model (resumes; skips what is done)."""
     from threads_search.atlas.store import open_atlas
-    from threads_search.jobs.embed import embed_atlas
-    from threads_search.atlas.stored_models import resolve_model_id
+    from threads_search.jobs.embed import embed_atlas, resolve_embed_model
 
     config = None
     if ray is not None:  # refuse a missing extra or bad counts before touching the atlas
@@ -71,13 +81,14 @@ def embed(atlas: Path = typer.Argument(..., help="Atlas folder."),
 
         config = RayConfig(address=ray, workers=workers, num_cpus=num_cpus, num_gpus=num_gpus).checked()
     with open_atlas(atlas) as opened, progress_bar("embedding slides", quiet) as progress:
+        model_id, notes = resolve_embed_model(opened, model, weights)
         if config is None:
-            report = embed_atlas(opened, resolve_model_id(opened, model), progress)
+            report = embed_atlas(opened, model_id, progress)
         else:
             from threads_search.distributed.embed import embed_atlas_ray
 
-            report = embed_atlas_ray(opened, resolve_model_id(opened, model), config, progress)
-    warn(report.notes)
+            report = embed_atlas_ray(opened, model_id, config, progress)
+    warn(notes + report.notes)
     parts = ", ".join(f"{report.embedded.get(m, 0)} {m} (+{report.skipped.get(m, 0)} already)" for m in report.embedded)
     typer.echo(f"model {report.model_id}: embedded {parts}")
 

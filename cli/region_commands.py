@@ -51,13 +51,14 @@ def index_patches(atlas: Path, kind: str, max_memory: int | None, mosaic: float 
 
 def search_regions_command(atlas: Path, slide_id, features, wsi, region: str | None, patch: int | None,
                            group_by: GroupBy | None, k: int, where: str | None, include_same_patient: bool,
-                           label: str | None, mpp: float | None, output: str, regions_per_slide: int = 0) -> None:
+                           label: str | None, mpp: float | None, output: str, regions_per_slide: int = 0,
+                           weights: Path | None = None) -> None:
     """Run a region query and print its hits."""
     from threads_search.atlas.store import open_atlas
     from threads_search.cli.search_commands import render_hits
     from threads_search.search.regions import RegionOptions, region_query_from_arguments, search_regions
 
-    query = region_query_from_arguments(slide_id, features, wsi, region, patch, mpp)
+    query = region_query_from_arguments(slide_id, features, wsi, region, patch, mpp, weights)
     options = RegionOptions(k=k, where=where, include_same_patient=include_same_patient,
                             group_by=group_by.value if group_by else None, label=label,
                             regions_per_slide=regions_per_slide)

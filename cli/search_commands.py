@@ -33,6 +33,8 @@ def search(atlas: Path = typer.Argument(..., help="Atlas folder."),
            model: str = typer.Option(None, "--model", help="Model id or prefix (default: the newest trained model)."),
            label: str = typer.Option(None, "--label", help="Column for the majority-vote line (default: subtype/diagnosis if present)."),
            mpp: float = typer.Option(None, "--mpp", help="Microns per pixel for --wsi files that lack it."),
+           weights: Path = typer.Option(None, "--weights", help="With --wsi: local weights file of the atlas's patch "
+                                                                "encoder when it needs one (also for --region; nothing is downloaded)."),
            device: Device = choice(Device.auto, "--device", help="Where the index runs (cuda = gpu)."),
            output: OutputFormat = choice(OutputFormat.table, "--format", help="Output format."),
            region: str = typer.Option(None, "--region", help="X,Y,W,H level-0 box of the query slide: search the patch index for similar regions."),
@@ -44,12 +46,13 @@ def search(atlas: Path = typer.Argument(..., help="Atlas folder."),
         from threads_search.cli.region_commands import search_regions_command
 
         search_regions_command(atlas, slide_id, features, wsi, region, patch, group_by, k, where,
-                               include_same_patient, label, mpp, output, regions_per_slide)
+                               include_same_patient, label, mpp, output, regions_per_slide, weights)
         return
     from threads_search.atlas.store import open_atlas
     from threads_search.search.query import SearchOptions, query_from_arguments, search_atlas
 
-    query = query_from_arguments(slide_id, features, wsi, sample_id, expression, sample, prototype, mpp, value(modality))
+    query = query_from_arguments(slide_id, features, wsi, sample_id, expression, sample, prototype, mpp, value(modality),
+                                 weights)
     options = SearchOptions(target=value(target), k=k, where=where, include_same_patient=include_same_patient,
                             model_id=model, label=label, device=device_name(device), one_per_patient=one_per_patient)
     with open_atlas(atlas, read_only=True) as opened:

@@ -61,11 +61,13 @@ def _reduce(profiles: np.ndarray, components: np.ndarray | None, out_dim: int) -
     return l2_normalise(padded)
 
 
-@register_model("meanpool", trainable=False,
+@register_model("meanpool", trainable=False, frozen=True,
                 description="untrained reference: mean of patch features, fixed random orthogonal map to 1024; "
                             "profiles standardised and PCA-reduced / zero-padded")
 class MeanPoolModel(ConfiguredEncoder):
     """Mean pooling baseline with the same interface as ThreadsModel."""
+
+    has_patch_attention = False  # a mean weighs every patch alike
 
     def __init__(self, config: MeanPoolConfig, recipe: str = "meanpool", projection: np.ndarray | None = None) -> None:
         self.config = config
@@ -143,12 +145,7 @@ class MeanPoolModel(ConfiguredEncoder):
                      return_attention: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """(n_patches, in_dim) -> (out_dim,) float32 unit vector; the "attention" of a mean is
         uniform, (1, n_patches)."""
-        if bag.ndim != 2:
-            raise InputError(f"a bag of patch features must be 2-D (n_patches, dim), got shape {tuple(bag.shape)}")
-        self.check_features(int(bag.shape[1]))
-        n_patches = int(bag.shape[0])
-        if n_patches == 0:
-            raise InputError("the bag of patch features is empty (0 patches)")
+        n_patches = self.check_bag(bag)
         total = np.zeros(self.in_dim, dtype=np.float64)
         for start in range(0, n_patches, chunk_size):  # chunks: float16 bags are never copied whole
             chunk = bag[start:start + chunk_size]

@@ -52,6 +52,15 @@ def check_feature_source(model: Any, feature_dim: int, patch_encoder: str | None
                                  f"not '{patch_encoder}'")
 
 
+def encode_slide_at(model: Any, features: np.ndarray, coords: np.ndarray | None = None,
+                    patch_size_level0: int | None = None) -> np.ndarray:
+    """`model.encode_slide(features)`; a model that `needs_coordinates` (TITAN) also gets the
+    (n_patches, 2) level-0 coords and the patch size at level 0."""
+    if getattr(model, "needs_coordinates", False):
+        return model.encode_slide(features, coords=coords, patch_size_level0=patch_size_level0)
+    return model.encode_slide(features)
+
+
 class ConfiguredEncoder:
     """What every model offers from its config: sizes, the patch encoder, the feature check."""
 
@@ -71,6 +80,15 @@ class ConfiguredEncoder:
 
     def check_features(self, feature_dim: int, patch_encoder: str | None = None) -> None:
         check_feature_source(self, feature_dim, patch_encoder)
+
+    def check_bag(self, bag: np.ndarray | torch.Tensor) -> int:
+        """Number of patches of a (n_patches, in_dim) bag; InputError for another shape or an empty bag."""
+        if bag.ndim != 2:
+            raise InputError(f"a bag of patch features must be 2-D (n_patches, dim), got shape {tuple(bag.shape)}")
+        self.check_features(int(bag.shape[1]))
+        if bag.shape[0] == 0:
+            raise InputError("the bag of patch features is empty (0 patches)")
+        return int(bag.shape[0])
 
 
 def build_config(config_cls: type, values: dict[str, Any], recipe: str) -> Any:
@@ -100,41 +118,32 @@ class ThreadsModelConfig:
     patch_encoder: str = ""  # e.g. 'conch_v15'; '' when unknown
 
 
-_THREADS_DESCRIPTION = ("gated-attention MIL slide encoder + expression / mutation MLPs, trained contrastively "
-                        "(THREADS/TANGLE recipe: hidden 512, 2 heads, output 1024)")
+class ProfileBranches:
+    """The expression / mutation encoders of a model (with their normaliser and gene panel),
+    sized by `config.profile_*` and `config.out_dim`; the model holds `logit_scale`."""
 
+    config: Any
+    recipe: str
+    expression_normaliser: ExpressionNormaliser | None
+    expression_encoder: ExpressionEncoder | None
+    mutation_panel: MutationPanel | None
+    mutation_encoder: MutationEncoder | None
 
-@register_model("threads-abmil", trainable=True, description=_THREADS_DESCRIPTION)
-@register_model("threads-abmil-cpu", trainable=True,
-                description="the threads-abmil recipe sized for CPU training (hidden 128, attention 64)",
-                default_config={"hidden_dim": 128, "attn_dim": 64, "profile_hidden_dim": 256})
-class ThreadsModel(ConfiguredEncoder, nn.Module):
-    """Slide encoder + optional expression encoder (with its normaliser) + optional mutation
-    encoder (with its gene panel) + the learnable CLIP temperature."""
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """slides, and the profile modalities with an encoder."""
+        present = (True, self.expression_encoder is not None, self.mutation_encoder is not None)
+        return tuple(name for name, ok in zip(("slides", "expression", "mutations"), present) if ok)
 
-    def __init__(self, config: ThreadsModelConfig, recipe: str = "threads-abmil",
-                 expression_normaliser: ExpressionNormaliser | None = None,
-                 mutation_panel: MutationPanel | None = None) -> None:
-        super().__init__()
-        self.config = config
-        self.recipe = recipe
-        self.slide_encoder = ABMILSlideEncoder(
-            config.in_dim, config.hidden_dim, config.n_layers, config.n_heads, config.attn_dim, config.out_dim,
-            config.dropout, config.attn_dropout)
-        self.logit_scale = nn.Parameter(torch.tensor(INITIAL_LOGIT_SCALE))
-        self.expression_normaliser: ExpressionNormaliser | None = None
-        self.expression_encoder: ExpressionEncoder | None = None
-        self.mutation_panel: MutationPanel | None = None
-        self.mutation_encoder: MutationEncoder | None = None
+    def start_branches(self, expression_normaliser: ExpressionNormaliser | None,
+                       mutation_panel: MutationPanel | None) -> None:
+        """Set up the branches (fresh encoders for the normaliser / panel given, none otherwise)."""
+        self.expression_normaliser = self.expression_encoder = None
+        self.mutation_panel = self.mutation_encoder = None
         if expression_normaliser is not None:
             self.attach_expression(expression_normaliser)
         if mutation_panel is not None:
             self.attach_mutations(mutation_panel)
-
-    # -- construction --------------------------------------------------------------------
-    @classmethod
-    def create(cls, recipe: str = "threads-abmil", **config: Any) -> "ThreadsModel":
-        return cls(build_config(ThreadsModelConfig, config, recipe), recipe)
 
     def attach_expression(self, normaliser: ExpressionNormaliser) -> None:
         """Add a freshly initialised expression encoder over the normaliser's genes."""
@@ -150,49 +159,26 @@ class ThreadsModel(ConfiguredEncoder, nn.Module):
         self.mutation_encoder = MutationEncoder(len(panel.genes), c.profile_hidden_dim, c.profile_n_layers,
                                                 c.out_dim, c.profile_dropout)
 
-    def export(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """(JSON-serialisable config, tensors) that `from_export` turns back into this model."""
-        config = {
-            "model": dataclasses.asdict(self.config),
-            "expression": self.expression_normaliser.to_dict() if self.expression_normaliser else None,
-            "mutations": self.mutation_panel.to_dict() if self.mutation_panel else None,
-        }
-        tensors = {name: t.detach() for name, t in self.state_dict().items()}
-        if self.expression_normaliser is not None:
-            for name, t in self.expression_normaliser.tensors().items():
-                tensors[f"expression_normaliser.{name}"] = t
-        return config, tensors
+    def profile_config(self) -> dict[str, Any]:
+        """The JSON part of the profile branches (gene lists, scale), for `export`."""
+        return {"expression": self.expression_normaliser.to_dict() if self.expression_normaliser else None,
+                "mutations": self.mutation_panel.to_dict() if self.mutation_panel else None}
 
-    @classmethod
-    def from_export(cls, recipe: str, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "ThreadsModel":
+    def normaliser_tensors(self) -> dict[str, torch.Tensor]:
+        if self.expression_normaliser is None:
+            return {}
+        return {f"expression_normaliser.{name}": t for name, t in self.expression_normaliser.tensors().items()}
+
+    @staticmethod
+    def profiles_from_export(config: dict[str, Any], tensors: dict[str, torch.Tensor]
+                             ) -> tuple[ExpressionNormaliser | None, MutationPanel | None, dict[str, torch.Tensor]]:
+        """(normaliser, panel, the other tensors) from what `profile_config` and `normaliser_tensors` wrote."""
         normaliser = None
         if config.get("expression"):
             stats = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("expression_normaliser.")}
             normaliser = ExpressionNormaliser.from_dict(config["expression"], stats)
         panel = MutationPanel.from_dict(config["mutations"]) if config.get("mutations") else None
-        model = cls(build_config(ThreadsModelConfig, config["model"], recipe), recipe, normaliser, panel)
-        weights = {k: v for k, v in tensors.items() if not k.startswith("expression_normaliser.")}
-        model.load_state_dict(weights, strict=True)
-        model.eval()
-        return model
-
-    # -- the common encoding interface ---------------------------------------------------
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        present = (True, self.expression_encoder is not None, self.mutation_encoder is not None)
-        return tuple(name for name, ok in zip(("slides", "expression", "mutations"), present) if ok)
-
-    def encode_slide(self, bag: np.ndarray | torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                     return_attention: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """(n_patches, in_dim) features -> (out_dim,) float32 unit vector; with
-        `return_attention`, also the (n_heads, n_patches) attention weights."""
-        if bag.ndim == 2 and bag.shape[1] != self.in_dim:
-            check_feature_source(self, int(bag.shape[1]))
-        result = self.slide_encoder.encode_bag(bag, chunk_size=chunk_size, return_attention=return_attention)
-        if return_attention:
-            embedding, attention = result
-            return l2_normalise(embedding.numpy()), attention.numpy()
-        return l2_normalise(result.numpy())
+        return normaliser, panel, {k: v for k, v in tensors.items() if not k.startswith("expression_normaliser.")}
 
     def encode_expression(self, matrix: np.ndarray, genes: Sequence[str]) -> tuple[np.ndarray, AlignmentReport]:
         """(n_samples, n_genes) expression on the training scale -> (n, out_dim) unit vectors."""
@@ -221,3 +207,62 @@ class ThreadsModel(ConfiguredEncoder, nn.Module):
         if not out:
             return np.zeros((0, self.out_dim), dtype=np.float32)
         return l2_normalise(np.concatenate(out))
+
+
+_THREADS_DESCRIPTION = ("gated-attention MIL slide encoder + expression / mutation MLPs, trained contrastively "
+                        "(THREADS/TANGLE recipe: hidden 512, 2 heads, output 1024)")
+
+
+@register_model("threads-abmil", trainable=True, description=_THREADS_DESCRIPTION)
+@register_model("threads-abmil-cpu", trainable=True,
+                description="the threads-abmil recipe sized for CPU training (hidden 128, attention 64)",
+                default_config={"hidden_dim": 128, "attn_dim": 64, "profile_hidden_dim": 256})
+class ThreadsModel(ProfileBranches, ConfiguredEncoder, nn.Module):
+    """Slide encoder + optional expression encoder (with its normaliser) + optional mutation
+    encoder (with its gene panel) + the learnable CLIP temperature."""
+
+    has_patch_attention = True  # encode_slide(..., return_attention=True) weighs patches (heatmaps)
+
+    def __init__(self, config: ThreadsModelConfig, recipe: str = "threads-abmil",
+                 expression_normaliser: ExpressionNormaliser | None = None,
+                 mutation_panel: MutationPanel | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.recipe = recipe
+        self.slide_encoder = ABMILSlideEncoder(
+            config.in_dim, config.hidden_dim, config.n_layers, config.n_heads, config.attn_dim, config.out_dim,
+            config.dropout, config.attn_dropout)
+        self.logit_scale = nn.Parameter(torch.tensor(INITIAL_LOGIT_SCALE))
+        self.start_branches(expression_normaliser, mutation_panel)
+
+    # -- construction --------------------------------------------------------------------
+    @classmethod
+    def create(cls, recipe: str = "threads-abmil", **config: Any) -> "ThreadsModel":
+        return cls(build_config(ThreadsModelConfig, config, recipe), recipe)
+
+    def export(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """(JSON-serialisable config, tensors) that `from_export` turns back into this model."""
+        config = {"model": dataclasses.asdict(self.config), **self.profile_config()}
+        tensors = {name: t.detach() for name, t in self.state_dict().items()}
+        return config, {**tensors, **self.normaliser_tensors()}
+
+    @classmethod
+    def from_export(cls, recipe: str, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "ThreadsModel":
+        normaliser, panel, weights = ProfileBranches.profiles_from_export(config, tensors)
+        model = cls(build_config(ThreadsModelConfig, config["model"], recipe), recipe, normaliser, panel)
+        model.load_state_dict(weights, strict=True)
+        model.eval()
+        return model
+
+    # -- the common encoding interface ---------------------------------------------------
+    def encode_slide(self, bag: np.ndarray | torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                     return_attention: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """(n_patches, in_dim) features -> (out_dim,) float32 unit vector; with
+        `return_attention`, also the (n_heads, n_patches) attention weights."""
+        if bag.ndim == 2 and bag.shape[1] != self.in_dim:
+            check_feature_source(self, int(bag.shape[1]))
+        result = self.slide_encoder.encode_bag(bag, chunk_size=chunk_size, return_attention=return_attention)
+        if return_attention:
+            embedding, attention = result
+            return l2_normalise(embedding.numpy()), attention.numpy()
+        return l2_normalise(result.numpy())

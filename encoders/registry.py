@@ -16,25 +16,28 @@ from typing import Any, Callable, Mapping
 
 from threads_search.errors import InputError
 
-_BUILTIN_MODULES = ("threads_search.encoders.model", "threads_search.encoders.baselines")
+_BUILTIN_MODULES = ("threads_search.encoders.model", "threads_search.encoders.baselines", "threads_search.encoders.published",
+                    "threads_search.encoders.aligned", "threads_search.encoders.hf_slide")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a model name stands for."""
+    """What a model name stands for. `frozen`: an untrained reference or a published encoder,
+    never picked as an atlas's default model when a trained one exists."""
 
     name: str
     cls: type
     trainable: bool
     description: str
     default_config: Mapping[str, Any] = field(default_factory=dict)
+    frozen: bool = False
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, *, trainable: bool, description: str, default_config: Mapping[str, Any] | None = None
-                   ) -> Callable[[type], type]:
+def register_model(name: str, *, trainable: bool, description: str, default_config: Mapping[str, Any] | None = None,
+                   frozen: bool = False) -> Callable[[type], type]:
     """Class decorator: `@register_model("threads-abmil", trainable=True, description=...)`.
 
     Several names may register the same class with different default configs (variants).
@@ -43,7 +46,7 @@ def register_model(name: str, *, trainable: bool, description: str, default_conf
     def decorate(cls: type) -> type:
         if name in _REGISTRY and _REGISTRY[name].cls is not cls:
             raise ValueError(f"model name '{name}' is already registered by {_REGISTRY[name].cls.__qualname__}")
-        _REGISTRY[name] = ModelSpec(name, cls, trainable, description, dict(default_config or {}))
+        _REGISTRY[name] = ModelSpec(name, cls, trainable, description, dict(default_config or {}), frozen)
         return cls
 
     return decorate

@@ -12,7 +12,7 @@ import numpy as np
 
 from threads_search.atlas.store import Atlas, utc_now
 from threads_search.errors import InputError
-from threads_search.readers.patch_features import FeatureFileInfo, fingerprint_file, read_bag
+from threads_search.readers.patch_features import FeatureFileInfo, fingerprint_file, read_bag, read_coords
 
 
 @dataclass(frozen=True)
@@ -122,3 +122,14 @@ def verify_unchanged(record: AtlasSlide) -> Path:
 def load_slide_bag(record: AtlasSlide) -> np.ndarray:
     """`(n_patches, dim) float32` features of one atlas slide."""
     return read_bag(verify_unchanged(record))
+
+
+def encode_atlas_slide(model, record: AtlasSlide) -> np.ndarray:
+    """`model.encode_slide` of one atlas slide; a model that `needs_coordinates` (TITAN) also gets
+    the patches' level-0 coords and the patch size at level 0."""
+    from threads_search.encoders.model import encode_slide_at
+
+    if not getattr(model, "needs_coordinates", False):
+        return model.encode_slide(load_slide_bag(record))
+    path = verify_unchanged(record)
+    return encode_slide_at(model, read_bag(path), read_coords(path), record.patch_size_level0)

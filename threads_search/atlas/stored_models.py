@@ -43,6 +43,19 @@ def store_models(atlas: Atlas, models: list[tuple[object, dict | None]]) -> list
     return identifiers
 
 
+def is_frozen_recipe(recipe: str) -> bool:
+    """A baseline or published encoder (not a model trained in this atlas); unknown recipes count as trained."""
+    from threads_search.encoders.registry import get_model_spec
+    from threads_search.errors import InputError
+
+    if recipe in BASELINE_RECIPES:
+        return True
+    try:
+        return get_model_spec(recipe).frozen
+    except InputError:
+        return False
+
+
 def list_models(atlas: Atlas) -> list[tuple[str, str]]:
     """(model_id, recipe) of every stored model, newest first."""
     return atlas.cached("models", lambda: [tuple(r) for r in atlas.sql(
@@ -62,17 +75,21 @@ def model_recipe(atlas: Atlas, model_id: str) -> str:
 
 
 def resolve_model_id(atlas: Atlas, requested: str | None = None, trained_only: bool = False) -> str:
-    """A full model id from a prefix, or the newest trained model (newest of any kind if none is trained)."""
+    """A full model id from a prefix or a recipe name (its newest model), or the newest trained model
+    (newest of any kind if none is trained)."""
     rows = list_models(atlas)
     if not rows:
         raise AtlasError(f"{atlas.root}: no model yet; run `threads-search train {atlas.root}` first")
     if requested:
+        by_recipe = [model for model, recipe in rows if recipe == requested]
+        if by_recipe:  # a recipe name (meanpool, feather ...) means its newest stored model
+            return by_recipe[0]
         matches = [model for model, _ in rows if model.startswith(requested)]
         if len(matches) != 1:
             known = ", ".join(f"{m} ({r})" for m, r in rows)
             raise AtlasError(f"--model {requested}: {'no' if not matches else 'several'} matching model(s); known: {known}")
         return matches[0]
-    trained = [model for model, recipe in rows if recipe not in BASELINE_RECIPES]
+    trained = [model for model, recipe in rows if not is_frozen_recipe(recipe)]
     if trained:
         return trained[0]
     if trained_only:

@@ -42,16 +42,20 @@ class SlideEncoderActor:
                 self.model = self.model.to("cuda")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from threads_search.atlas.slides import load_slide_bag
+        from threads_search.atlas.slides import encode_atlas_slide
 
         vectors = []
         for row in range(len(batch["vid"])):
             record = AtlasSlide(slide_id=str(batch["slide_id"][row]), vid=int(batch["vid"][row]), patient_id="",
                                 path=Path(str(batch["path"][row])), file_size=int(batch["file_size"][row]),
                                 file_mtime_ns=int(batch["file_mtime_ns"][row]), fingerprint=str(batch["fingerprint"][row]),
-                                n_patches=0)
-            vectors.append(np.asarray(self.model.encode_slide(load_slide_bag(record)), np.float32))
+                                n_patches=0, patch_size_level0=_optional_int(batch["patch_size_level0"][row]))
+            vectors.append(np.asarray(encode_atlas_slide(self.model, record), np.float32))
         return {"vid": np.asarray(batch["vid"], np.int64), "slide_id": batch["slide_id"], "vector": np.stack(vectors)}
+
+
+def _optional_int(value) -> int | None:
+    return None if value is None or int(value) < 0 else int(value)
 
 
 def ray_slide_chunks(model_folder: Path, model_id: str, config: RayConfig, slides_per_part: int = SLIDES_PER_PART):
@@ -61,7 +65,8 @@ def ray_slide_chunks(model_folder: Path, model_id: str, config: RayConfig, slide
 
         ray = connect(config.address, num_cpus=None)
         items = [{"vid": r.vid, "slide_id": r.slide_id, "path": str(r.path), "file_size": r.file_size,
-                  "file_mtime_ns": r.file_mtime_ns, "fingerprint": r.fingerprint} for r in todo]
+                  "file_mtime_ns": r.file_mtime_ns, "fingerprint": r.fingerprint,
+                  "patch_size_level0": -1 if r.patch_size_level0 is None else r.patch_size_level0} for r in todo]
         dataset = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // SLIDES_PER_TASK)))
         encoded = dataset.map_batches(
             SlideEncoderActor, fn_constructor_kwargs={"model_folder": str(model_folder), "model_id": model_id,

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from threads_search.atlas.embeddings import MAX_PARTS, compact, embedded_vids, part_count, write_part
+from threads_search.atlas.embeddings import MAX_PARTS, compact, embedded_vids, load_embeddings, part_count, write_part
 from threads_search.atlas.items import count_items, vid_by_item
 from threads_search.atlas.profiles import load_profiles
 from threads_search.atlas.schema import MODALITIES, PROFILE_MODALITIES
-from threads_search.atlas.slides import AtlasSlide, load_slide_bag, slide_records
+from threads_search.atlas.slides import AtlasSlide, encode_atlas_slide, slide_records
 from threads_search.atlas.store import Atlas
-from threads_search.atlas.stored_models import load_atlas_model
+from threads_search.atlas.stored_models import list_models, load_atlas_model, resolve_model_id, store_model
 
 SLIDES_PER_PART = 64
 Progress = Callable[[int, int, str], None]
@@ -56,20 +56,58 @@ def embed_atlas(atlas: Atlas, model_id: str, progress: Progress | None = None,
     return report
 
 
+def resolve_embed_model(atlas: Atlas, model: str | None = None, weights=None) -> tuple[str, list[str]]:
+    """The model id `embed --model MODEL [--weights FILE]` means, and notes.
+
+    With `weights`, MODEL names a published encoder (feather, chief, ...): it is loaded from the
+    local file in its published layout for the atlas's patch features and stored as a frozen model
+    (idempotent: the same file gives the same id). Without, a published name picks the newest
+    stored model of that recipe (see resolve_model_id); anything else is a model id or prefix.
+    """
+    from pathlib import Path
+
+    from threads_search.encoders.published import load_published, published_recipes
+
+    published = published_recipes()
+    if weights is None:
+        if model in published and all(recipe != model for _, recipe in list_models(atlas)):
+            load_published(model, None)  # raises: weights not released, or --weights needed
+        return resolve_model_id(atlas, model), []
+    if model not in published:
+        from threads_search.errors import InputError
+
+        raise InputError(f"--weights: --model must name a published encoder ({', '.join(published)}), got '{model}'")
+    feature_dim = atlas.meta("feature_dim")
+    patch_encoder = atlas.meta("patch_encoder") or ""
+    loaded = load_published(model, Path(weights), int(feature_dim) if feature_dim else None, patch_encoder)
+    notes = []
+    expected = getattr(getattr(loaded, "layout", None), "patch_encoders", "")
+    if patch_encoder and expected and patch_encoder not in expected:
+        notes.append(f"{model}'s published weights were trained on {expected} features; the atlas holds "
+                     f"'{patch_encoder}' features (embeddings are computed, but may mean little)")
+    # a file's sha256, or a snapshot folder's fingerprint (hf_slide)
+    fingerprint = getattr(loaded.config, "weights_sha256", None) or getattr(loaded.config, "fingerprint", None)
+    provenance = {"published": model, "weights_file": str(Path(weights).resolve()), "weights_sha256": fingerprint,
+                  "frozen": True}
+    return store_model(atlas, loaded, provenance), notes
+
+
 def _embed_slides(atlas: Atlas, model, model_id: str, report: EmbedReport, progress: Progress | None,
                   slide_chunks: SlideChunks) -> None:
     records = slide_records(atlas)
-    if records:
-        model.check_features(int(atlas.meta("feature_dim")), atlas.meta("patch_encoder"))
     done = embedded_vids(atlas, model_id, "slides")
     todo = [r for r in records if r.vid not in done]
     report.skipped["slides"] = len(records) - len(todo)
-    report.embedded["slides"] = 0
-    if not todo:
-        return
-    for vids, vectors in slide_chunks(todo, progress):
-        write_part(atlas, model_id, "slides", vids, vectors)
-        report.embedded["slides"] += len(vids)
+    frozen = getattr(model, "frozen_slide_model_id", None)
+    if frozen and todo:
+        todo = _copy_frozen_slides(atlas, frozen, model_id, todo, report)
+    embedded = 0
+    if todo:
+        model.check_features(int(atlas.meta("feature_dim")), atlas.meta("patch_encoder"))
+        for vids, vectors in slide_chunks(todo, progress):
+            write_part(atlas, model_id, "slides", vids, vectors)
+            embedded += len(vids)
+    report.embedded["slides"] = report.embedded.get("slides", 0) + embedded
 
 
 def _local_chunks(model) -> SlideChunks:
@@ -78,11 +116,26 @@ def _local_chunks(model) -> SlideChunks:
             chunk = todo[start:start + SLIDES_PER_PART]
             vectors = []
             for offset, record in enumerate(chunk):
-                vectors.append(model.encode_slide(load_slide_bag(record)))
+                vectors.append(encode_atlas_slide(model, record))
                 if progress:
                     progress(start + offset + 1, len(todo), record.slide_id)
             yield np.array([r.vid for r in chunk], np.int64), np.stack(vectors)
     return chunks
+
+
+def _copy_frozen_slides(atlas: Atlas, frozen_id: str, model_id: str, todo: list, report: EmbedReport) -> list:
+    """Copy the frozen slide model's stored vectors verbatim (an aligned model's slide side);
+    returns the slides it has not embedded, which are then encoded by the (same) frozen model."""
+    vids, vectors = load_embeddings(atlas, frozen_id, "slides", np.array([r.vid for r in todo], np.int64))
+    for start in range(0, len(vids), SLIDES_PER_PART * 16):
+        write_part(atlas, model_id, "slides", vids[start:start + SLIDES_PER_PART * 16],
+                   vectors[start:start + SLIDES_PER_PART * 16])
+    report.embedded["slides"] = len(vids)
+    copied = set(vids.tolist())
+    rest = [r for r in todo if r.vid not in copied]
+    if copied:
+        report.notes.append(f"slides: {len(copied)} vectors copied from the frozen slide model {frozen_id}")
+    return rest
 
 
 def _embed_profiles(atlas: Atlas, model, model_id: str, modality: str, report: EmbedReport) -> None:

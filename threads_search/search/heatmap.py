@@ -80,8 +80,8 @@ class _SlidePatches:
 
 
 def has_attention(model) -> bool:
-    """True for models whose slide encoder weighs patches (ABMIL), False for mean pooling."""
-    return getattr(model, "slide_encoder", None) is not None
+    """True for models whose slide encoder weighs patches (ABMIL, FEATHER, CHIEF), False for mean pooling."""
+    return bool(getattr(model, "has_patch_attention", False))
 
 
 def _attention_model(atlas: Atlas, requested: str | None):
@@ -196,14 +196,15 @@ def mean_attention(model, features: np.ndarray) -> tuple[np.ndarray, int]:
     return attention.mean(axis=0), attention.shape[0]
 
 
-def _gather(atlas: Atlas, model, slide_id: str | None, wsi: Path | None, mpp: float | None):
+def _gather(atlas: Atlas, model, slide_id: str | None, wsi: Path | None, mpp: float | None,
+            patch_weights: Path | None = None):
     """(patches, background, notes) for the requested slide."""
     from PIL import Image
 
     from threads_search.search.query import extract_like_atlas
 
     if slide_id is None:
-        slide, notes = extract_like_atlas(atlas, wsi, mpp, model)
+        slide, notes = extract_like_atlas(atlas, wsi, mpp, model, patch_weights)
         patches = _SlidePatches(slide.slide_id, slide.features, slide.coords, float(slide.attrs["patch_size_level0"]),
                                 slide.attrs["encoder"])
         background = _Background(Image.fromarray(slide.thumbnail.rgb), slide.thumbnail.downsample, "slide thumbnail")
@@ -235,14 +236,17 @@ def heatmap_title(slide_id: str, model_id: str, recipe: str, n_patches: int, n_h
 
 
 def draw_attention_heatmap(atlas: Atlas, slide_id: str | None = None, wsi: Path | str | None = None,
-                           model_id: str | None = None, mpp: float | None = None):
-    """(PIL image, HeatmapResult without a path) of a slide's attention; see `attention_heatmap`."""
+                           model_id: str | None = None, mpp: float | None = None,
+                           patch_weights: Path | str | None = None):
+    """(PIL image, HeatmapResult without a path) of a slide's attention; see `attention_heatmap`
+    (`patch_weights`: local weights of the atlas's patch encoder, for `wsi`)."""
     from threads_search.wsi.heatmap import AttentionScale, render_heatmap
 
     if slide_id is None and wsi is None:
         raise InputError("heatmap: give --slide-id ID (an atlas slide) or --wsi FILE (a raw slide)")
     model_id, model = _attention_model(atlas, model_id)
-    patches, background, notes = _gather(atlas, model, slide_id, Path(wsi) if wsi is not None else None, mpp)
+    patches, background, notes = _gather(atlas, model, slide_id, Path(wsi) if wsi is not None else None, mpp,
+                                         Path(patch_weights) if patch_weights is not None else None)
     weights, n_heads = mean_attention(model, patches.features)
     scale = AttentionScale.for_weights(weights)
     title = heatmap_title(patches.slide_id, model_id, model.recipe, int(weights.size), n_heads)
@@ -258,7 +262,8 @@ def draw_attention_heatmap(atlas: Atlas, slide_id: str | None = None, wsi: Path 
 
 
 def attention_heatmap(atlas: Atlas, out: Path | str, slide_id: str | None = None, wsi: Path | str | None = None,
-                      model_id: str | None = None, mpp: float | None = None) -> HeatmapResult:
+                      model_id: str | None = None, mpp: float | None = None,
+                      patch_weights: Path | str | None = None) -> HeatmapResult:
     """Draw a slide's attention over its thumbnail into the PNG `out`.
 
     `slide_id` picks an atlas slide (then `wsi`, if given, only supplies its picture); `wsi`
@@ -267,6 +272,6 @@ def attention_heatmap(atlas: Atlas, out: Path | str, slide_id: str | None = None
     """
     from threads_search.wsi.files import save_png
 
-    image, result = draw_attention_heatmap(atlas, slide_id, wsi, model_id, mpp)
+    image, result = draw_attention_heatmap(atlas, slide_id, wsi, model_id, mpp, patch_weights)
     result.path = save_png(image, Path(out))
     return result

@@ -37,6 +37,7 @@ class Query:
     sample: str | None = None  # row of `expression` to use
     prototype: str | None = None  # NAME:CLASS
     mpp: float | None = None  # for `wsi` without resolution metadata
+    patch_weights: Path | None = None  # for `wsi`: local weights of a patch encoder that needs them
     sample_modality: str | None = None  # expression | mutations, when `sample_id` names both
 
     def source(self) -> str:
@@ -145,21 +146,23 @@ def resolve_query(atlas: Atlas, model: _LazyModel, query: Query) -> ResolvedQuer
     """The query's vector in the model's space, with what is known about it."""
     source = query.source()
     if source == "slide_id":
-        from threads_search.atlas.slides import load_slide_bag, slide_record
+        from threads_search.atlas.slides import encode_atlas_slide, slide_record
 
         vid, _, patient = _item(atlas, query.slide_id, ("slides",))
 
         def encode():
-            return model.get().encode_slide(load_slide_bag(slide_record(atlas, query.slide_id)))
+            return encode_atlas_slide(model.get(), slide_record(atlas, query.slide_id))
 
         vector = _stored_or_encoded(atlas, model, vid, "slides", encode)
         return ResolvedQuery(vector, {"type": "slide", "id": query.slide_id, "modality": "slides", "patient_id": patient}, vid)
     if source == "features":
-        from threads_search.readers.patch_features import inspect_feature_file, read_bag
+        from threads_search.encoders.model import encode_slide_at
+        from threads_search.readers.patch_features import inspect_feature_file, read_bag, read_coords
 
         info = inspect_feature_file(query.features)
         model.get().check_features(info.feature_dim, info.patch_encoder)
-        vector = model.get().encode_slide(read_bag(query.features))
+        coords = read_coords(query.features) if getattr(model.get(), "needs_coordinates", False) else None
+        vector = encode_slide_at(model.get(), read_bag(query.features), coords, info.patch_size_level0)
         return ResolvedQuery(vector, {"type": "features", "id": info.slide_id, "file": str(query.features),
                                       "modality": "slides", "patient_id": None})
     if source == "wsi":
@@ -233,11 +236,12 @@ def wsi_extract_config(atlas: Atlas, mpp: float | None = None):
     return config, notes
 
 
-def extract_like_atlas(atlas: Atlas, wsi: Path, mpp: float | None = None, model=None):
+def extract_like_atlas(atlas: Atlas, wsi: Path, mpp: float | None = None, model=None, weights: Path | None = None):
     """A raw slide's patch features (in memory), extracted as the atlas's slides were.
 
-    Returns (SlideFeatures, notes). A patch encoder that cannot run here (unknown name,
-    local weights needed) is refused with a ModelMismatchError naming it; with `model`, features
+    Returns (SlideFeatures, notes). `weights` is the local weights file of a patch encoder that
+    needs one (CONCH, UNI ...). A patch encoder that cannot run here (unknown name, weights
+    needed and not given) is refused with a ModelMismatchError naming it; with `model`, features
     the model was not built for are refused before any patch is read.
     """
     from threads_search.encoders.patch import create_patch_encoder
@@ -246,11 +250,12 @@ def extract_like_atlas(atlas: Atlas, wsi: Path, mpp: float | None = None, model=
 
     config, notes = wsi_extract_config(atlas, mpp)
     try:
-        encoder = create_patch_encoder(config.patch_encoder, device=resolve_device(config.device))
+        encoder = create_patch_encoder(config.patch_encoder, weights=weights, device=resolve_device(config.device))
     except InputError as error:
         raise ModelMismatchError(
             f"{wsi}: cannot encode it like the atlas's slides, whose patch encoder is '{config.patch_encoder}' ({error}); "
-            f"run `threads-search extract` on it with that encoder and search with --features") from None
+            f"give that encoder's local file with --weights, or run `threads-search extract` on it and search "
+            f"with --features") from None
     if model is not None and encoder.output_dim is not None:
         model.check_features(encoder.output_dim, encoder.name)
     slide = extract_slide(wsi, config, encoder=encoder)
@@ -260,8 +265,10 @@ def extract_like_atlas(atlas: Atlas, wsi: Path, mpp: float | None = None, model=
 
 
 def _resolve_wsi(atlas: Atlas, model: _LazyModel, query: Query) -> ResolvedQuery:
-    slide, notes = extract_like_atlas(atlas, query.wsi, query.mpp, model.get())
-    vector = model.get().encode_slide(slide.features)
+    slide, notes = extract_like_atlas(atlas, query.wsi, query.mpp, model.get(), query.patch_weights)
+    from threads_search.encoders.model import encode_slide_at
+
+    vector = encode_slide_at(model.get(), slide.features, slide.coords, slide.attrs.get("patch_size_level0"))
     info = {"type": "wsi", "id": slide.slide_id, "file": str(query.wsi), "modality": "slides", "patient_id": None,
             "patches": int(slide.features.shape[0]), "patch_encoder": slide.attrs["encoder"],
             "magnification": slide.attrs["target_magnification"], "patch_size": slide.attrs["patch_size"]}
@@ -454,7 +461,8 @@ def _plain(row: dict) -> dict:
 
 
 def query_from_arguments(slide_id=None, features=None, wsi=None, sample_id=None, expression=None, sample=None,
-                         prototype=None, mpp=None, sample_modality=None) -> Query:
+                         prototype=None, mpp=None, sample_modality=None, patch_weights=None) -> Query:
     return Query(slide_id=slide_id, features=Path(features) if features else None, wsi=Path(wsi) if wsi else None,
                  sample_id=sample_id, expression=Path(expression) if expression else None, sample=sample,
-                 prototype=prototype, mpp=mpp, sample_modality=sample_modality)
+                 prototype=prototype, mpp=mpp, sample_modality=sample_modality,
+                 patch_weights=Path(patch_weights) if patch_weights else None)

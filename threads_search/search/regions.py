@@ -46,6 +46,7 @@ class RegionQuery:
     region: tuple[int, int, int, int] | None = None
     patch: int | None = None
     mpp: float | None = None
+    patch_weights: Path | None = None  # for `wsi`: local weights of the atlas's patch encoder
 
 
 @dataclass
@@ -160,7 +161,7 @@ def resolve_query_patches(atlas: Atlas, query: RegionQuery, dim: int) -> QueryPa
     else:
         from threads_search.search.query import extract_like_atlas
 
-        slide, notes = extract_like_atlas(atlas, query.wsi, query.mpp)
+        slide, notes = extract_like_atlas(atlas, query.wsi, query.mpp, weights=query.patch_weights)
         features, coords = slide.features, slide.coords
         recorded_side, encoder = slide.attrs.get("patch_size_level0"), slide.attrs.get("encoder")
         info = {"type": "region", "id": slide.slide_id, "file": str(query.wsi), "modality": "slides",
@@ -382,7 +383,7 @@ def _describe(atlas: Atlas, searcher: RegionSearcher, entries: list[tuple[int, f
 
 
 def region_query_from_arguments(slide_id=None, features=None, wsi=None, region: str | None = None,
-                                patch: int | None = None, mpp=None) -> RegionQuery:
+                                patch: int | None = None, mpp=None, patch_weights=None) -> RegionQuery:
     return RegionQuery(slide_id=slide_id, features=Path(features) if features else None,
                        wsi=Path(wsi) if wsi else None, region=parse_region(region) if region else None,
-                       patch=patch, mpp=mpp)
+                       patch=patch, mpp=mpp, patch_weights=Path(patch_weights) if patch_weights else None)

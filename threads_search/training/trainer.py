@@ -190,6 +190,41 @@ def _optimizer(model: nn.Module, config: TrainingConfig, total_steps: int
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def modality_losses(modalities: Sequence[_Modality], patients: Sequence[str], slide_embeddings: torch.Tensor,
+                    logit_scale: torch.Tensor, pick: Callable[[Sequence[Any]], Any]) -> list[torch.Tensor]:
+    """One CLIP loss per modality between the batch's (B, d) unit slide embeddings and one
+    profile row (chosen by `pick`) of each patient that has one; modalities with < 2 members skip."""
+    losses = []
+    for modality in modalities:
+        members = [i for i, p in enumerate(patients) if p in modality.rows_by_patient]
+        if len(members) < 2:
+            continue
+        rows = [pick(modality.rows_by_patient[patients[i]]) for i in members]
+        profile_embeddings = F.normalize(modality.encoder(modality.profiles[rows]).float(), dim=-1)
+        losses.append(clip_loss(slide_embeddings[members], profile_embeddings, logit_scale))
+    return losses
+
+
+def optimiser_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, config: TrainingConfig,
+                   losses: list[torch.Tensor]) -> float | None:
+    """Sum the modalities' losses and take one clipped AdamW step (temperature clamped); returns
+    the loss, None when nothing was contrasted, NaN (and no step) when it is not finite."""
+    if not losses:
+        return None
+    loss = torch.stack(losses).sum()
+    if not torch.isfinite(loss):
+        return float("nan")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip_norm:
+        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
+    optimizer.step()
+    scheduler.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0.0, math.log(config.max_logit_scale))
+    return float(loss.detach())
+
+
 class _ContrastiveRun:
     """One training run; its methods are the steps of `train_model`."""
 
@@ -227,29 +262,8 @@ class _ContrastiveRun:
         patches, sizes = self._slide_batch(records, self.rng)
         with self.autocast():
             slide_embeddings = F.normalize(self.model.slide_encoder.forward_packed(patches, sizes).float(), dim=-1)
-            logit_scale = self.model.logit_scale.exp()
-            losses = []
-            for modality in self.modalities:
-                members = [i for i, p in enumerate(patients) if p in modality.rows_by_patient]
-                if len(members) < 2:
-                    continue
-                rows = [self._pick(modality.rows_by_patient[patients[i]]) for i in members]
-                profile_embeddings = F.normalize(modality.encoder(modality.profiles[rows]).float(), dim=-1)
-                losses.append(clip_loss(slide_embeddings[members], profile_embeddings, logit_scale))
-        if not losses:
-            return None
-        loss = torch.stack(losses).sum()
-        if not torch.isfinite(loss):
-            return float("nan")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip_norm:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        with torch.no_grad():
-            self.model.logit_scale.clamp_(0.0, math.log(self.config.max_logit_scale))
-        return float(loss.detach())
+            losses = modality_losses(self.modalities, patients, slide_embeddings, self.model.logit_scale.exp(), self._pick)
+        return optimiser_step(self.model, self.optimizer, self.scheduler, self.config, losses)
 
     def _pick(self, options: Sequence[Any]) -> Any:
         """One of a patient's slides / profile rows, at random."""
