@@ -63,3 +63,16 @@ class RayConfig:
         if self.num_cpus <= 0 or self.num_gpus < 0:
             raise InputError(f"--num-cpus {self.num_cpus} / --num-gpus {self.num_gpus}: expected > 0 CPUs and >= 0 GPUs")
         return self
+
+
+def cancel_and_reraise(ray, pending, error: Exception) -> None:
+    """Cancel the tasks still `pending`, then raise: the user-facing error a task raised (Ray wraps
+    it in a RayTaskError whose `cause` it is), as one line, else `error` itself."""
+    from threads_search.errors import ThreadsSearchError
+
+    for reference in pending:
+        ray.cancel(reference)
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, ThreadsSearchError):
+        raise cause from None
+    raise error

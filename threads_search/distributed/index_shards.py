@@ -16,8 +16,7 @@ from threads_search.jobs.index_shards import ShardJob
 def ray_shard_builder(ray_config: RayConfig):
     """A `jobs.index_shards.ShardBuilder` running one Ray task per shard (`num_cpus`/`num_gpus` each)."""
     def build(jobs: list[ShardJob]) -> list[dict]:
-        from threads_search.distributed.cluster import connect
-        from threads_search.errors import ThreadsSearchError
+        from threads_search.distributed.cluster import cancel_and_reraise, connect
         from threads_search.jobs.index_shards import build_shard
 
         ray = connect(ray_config.checked().address)
@@ -29,10 +28,5 @@ def ray_shard_builder(ray_config: RayConfig):
         try:
             return ray.get(pending)
         except Exception as error:
-            for reference in pending:
-                ray.cancel(reference)
-            cause = getattr(error, "cause", None)
-            if isinstance(cause, ThreadsSearchError):
-                raise cause from None
-            raise
+            cancel_and_reraise(ray, pending, error)
     return build

@@ -26,8 +26,7 @@ def _plan_batch(records: list[AtlasSlide], config: PatchIndexConfig, sizes: dict
 def ray_planner(ray_config: RayConfig):
     """A `jobs.patch_index.SlidePlanner` that plans batches of slides as Ray tasks."""
     def plan(records: list[AtlasSlide], config: PatchIndexConfig, sizes: dict[int, int], progress) -> list[IndexedSlide]:
-        from threads_search.distributed.cluster import connect
-        from threads_search.errors import ThreadsSearchError
+        from threads_search.distributed.cluster import cancel_and_reraise, connect
 
         ray = connect(ray_config.checked().address)
         task = ray.remote(_plan_batch).options(num_cpus=ray_config.num_cpus, max_retries=2)
@@ -44,11 +43,6 @@ def ray_planner(ray_config: RayConfig):
                 done += len(planned[number])
                 progress(done, len(records), planned[number][-1].slide_id)
         except Exception as error:
-            for reference in pending:
-                ray.cancel(reference)
-            cause = getattr(error, "cause", None)
-            if isinstance(cause, ThreadsSearchError):
-                raise cause from None
-            raise
+            cancel_and_reraise(ray, pending, error)
         return [slide for number in range(len(batches)) for slide in planned[number]]
     return plan
