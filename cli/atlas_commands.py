@@ -65,6 +65,9 @@ def _render_info(summary: dict) -> str:
         lines.append("indexes:\n" + table([[i["model_id"], i["modality"], i["kind"], i["vectors"],
                                             f"{i['recall_at_10']:.3f}" if i["recall_at_10"] is not None else "-"]
                                            for i in summary["indexes"]], ["model", "modality", "kind", "vectors", "recall@10"]))
+    if summary.get("index_shards"):
+        lines.append("sharded indexes:\n" + table([[i["model_id"], i["modality"], i["shards"], i["vectors"]]
+                                                   for i in summary["index_shards"]], ["model", "modality", "shards", "vectors"]))
     if summary["prototypes"]:
         lines.append("prototypes:\n" + table([[p["name"], p["label"], p["classes"], p["modality"], p["model_id"]]
                                               for p in summary["prototypes"]], ["name", "label", "classes", "modality", "model"]))

@@ -49,15 +49,26 @@ def extract(
     patch_size: int = typer.Option(512, "--patch-size", help="Patch side in pixels at the target magnification."),
     mpp: float | None = typer.Option(None, "--mpp", help="Microns per pixel at level 0, for slides that lack it."),
     keep_going: bool = flag("--keep-going", help="Record a slide that fails and go on to the next."),
+    ray: str | None = typer.Option(None, "--ray", help="Extract on a Ray cluster: auto, HOST:PORT or local "
+                                                       "(slides and --out on storage every node sees). Needs the `ray` extra."),
+    workers: int = typer.Option(2, "--workers", help="With --ray: actors in the pool (each creates the encoder once)."),
+    num_cpus: float = typer.Option(1.0, "--num-cpus", help="With --ray: CPUs per actor."),
+    num_gpus: float = typer.Option(0.0, "--num-gpus", help="With --ray: GPUs per actor."),
     quiet: bool = QUIET,
 ) -> None:
     """Tissue-segment, tile and encode slides into TRIDENT-layout patch-feature files (resumable)."""
     from threads_search.wsi.extract import extract_slides
 
+    runner = None
+    if ray is not None:
+        from threads_search.distributed.cluster import RayConfig
+        from threads_search.distributed.extract import ray_extraction
+
+        runner = ray_extraction(RayConfig(address=ray, workers=workers, num_cpus=num_cpus, num_gpus=num_gpus).checked())
     with _slide_and_patch_bars(quiet) as progress:
         results = extract_slides(
             wsi, out, patch_encoder=patch_encoder, weights=weights, target_mag=mag, patch_size=patch_size,
-            mpp=mpp, progress=progress, keep_going=keep_going,
+            mpp=mpp, progress=progress, keep_going=keep_going, runner=runner,
         )
     rows = [[r.slide_id, r.status, r.n_patches, f"{r.seconds:.1f}", r.error or r.h5_path] for r in results]
     typer.echo(table(rows, ["slide", "status", "patches", "seconds", "file / error"]))

@@ -24,14 +24,19 @@ class GroupBy(str, Enum):
 
 
 def index_patches(atlas: Path, kind: str, max_memory: int | None, mosaic: float | None, seed: int,
-                  quiet: bool) -> None:
-    """Build the atlas's patch index and print what was built."""
+                  quiet: bool, ray_config=None) -> None:
+    """Build the atlas's patch index and print what was built (`ray_config`: plan the slides on a Ray cluster)."""
     from threads_search.atlas.store import open_atlas
     from threads_search.jobs.patch_index import PatchIndexConfig, build_atlas_patch_index
 
     config = PatchIndexConfig(kind=kind, mosaic=mosaic, max_memory=max_memory, seed=seed)
+    planner = None
+    if ray_config is not None:
+        from threads_search.distributed.patch_index import ray_planner
+
+        planner = ray_planner(ray_config)
     with open_atlas(atlas) as opened, progress_bar("indexing patches", quiet) as progress:
-        report = build_atlas_patch_index(opened, config, progress)
+        report = build_atlas_patch_index(opened, config, progress, planner)
     warn(report.notes)
     sidecar = report.sidecar
     memory = sidecar["memory"]

@@ -125,3 +125,15 @@ def store_fitted_baseline(path: Path, where_sql: str | None = None) -> str:
         dataset = paired_dataset(atlas, where_sql)
         config = TrainingConfig(model={"in_dim": int(atlas.meta("feature_dim")), "patch_encoder": atlas.meta("patch_encoder")})
         return store_model(atlas, _fitted_baseline(dataset, config))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster (2 CPUs) for every distributed test; skipped without the `ray` extra."""
+    ray = pytest.importorskip("ray", reason="the `ray` extra is not installed")
+    import logging
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    yield ray
+    ray.shutdown()

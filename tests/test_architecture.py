@@ -31,6 +31,8 @@ LAYERS = [
 ]
 FORBIDDEN_THIRD_PARTY = {"encoders": {"faiss", "duckdb"}, "indexer": {"torch", "duckdb"},
                          "evaluation": {"torch", "faiss", "duckdb"}, "readers": {"faiss", "duckdb"}}
+# The optional `ray` extra is imported by `distributed` only (and there inside functions).
+OPTIONAL_ONLY_IN = {"ray": "distributed"}
 SQL_STATEMENT = re.compile(r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|CREATE\s+(TABLE|SEQUENCE|VIEW)"
                            r"|ALTER\s+TABLE|DROP\s+TABLE|ATTACH\s|COPY\s.+\sTO)\b", re.S)
 SQL_CALLS = {"sql", "execute", "executemany", "register", "unregister"}
@@ -78,20 +80,27 @@ def test_every_module_is_on_a_layer():
         _layer(_stage(module))
 
 
-@pytest.mark.parametrize("path, module", MODULES, ids=[m for _, m in MODULES])
-def test_imports_follow_the_layers(path, module):
+def _layer_violations(path: Path, module: str) -> list[str]:
     stage = _stage(module)
     wrong = []
     for line, imported in _imports(path):
         top = imported.split(".")[0]
         if top in FORBIDDEN_THIRD_PARTY.get(stage, ()):
-            wrong.append(f"{path.relative_to(ROOT)}:{line} imports {imported} (never in {stage})")
+            wrong.append(f"{path.name}:{line} imports {imported} (never in {stage})")
+        if top in OPTIONAL_ONLY_IN and stage != OPTIONAL_ONLY_IN[top]:
+            wrong.append(f"{path.name}:{line} imports {imported} (an optional extra: only in {OPTIONAL_ONLY_IN[top]})")
         if top != "threads_search":
             continue
         target = _stage(imported)
         if target != stage and _layer(target) >= _layer(stage):
-            wrong.append(f"{path.relative_to(ROOT)}:{line} imports {imported} ({stage} may not import {target or 'the package'})")
-    assert not wrong, "\n".join(wrong)
+            wrong.append(f"{path.name}:{line} imports {imported} ({stage} may not import {target or 'the package'})")
+    return wrong
+
+
+@pytest.mark.parametrize("path, module", MODULES, ids=[m for _, m in MODULES])
+def test_imports_follow_the_layers(path, module):
+    wrong = _layer_violations(path, module)
+    assert not wrong, f"{path.relative_to(ROOT)}:\n" + "\n".join(wrong)
 
 
 @pytest.mark.parametrize("path, module", [(p, m) for p, m in MODULES if _stage(m) != "atlas"],
@@ -115,3 +124,43 @@ def test_the_contract_catches_a_wrong_import(tmp_path):
     assert "faiss" in imports and "threads_search.cli.app" in imports
     assert _layer(_stage("threads_search.cli.app")) > _layer("encoders")
     assert SQL_STATEMENT.search("SELECT vid FROM items") and not SQL_STATEMENT.search("select the queries from the atlas")
+
+
+def test_the_core_runs_without_ray():
+    """Importing the CLI, the API, the service and the distributed package loads no ray module
+    (ray is imported inside the functions that run on a cluster)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, threads_search.cli.app, threads_search.api, threads_search.service.app, "
+            "threads_search.distributed.embed, threads_search.distributed.shards, threads_search.distributed.serving; "
+            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]", loaded
+
+
+def test_the_contract_catches_ray_outside_distributed(tmp_path):
+    """ray imported inside a function of the search stage is a violation; in distributed it is not."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    import ray.data\n")
+    assert any("optional extra" in line for line in _layer_violations(bad, "threads_search.search.bad"))
+    assert _layer_violations(bad, "threads_search.distributed.bad") == []
+
+
+def test_ray_options_without_the_extra_are_one_line(tmp_path):
+    """With ray not importable, `--ray` exits 2 naming the extra to install, before the atlas is touched."""
+    import os
+    import subprocess
+    import sys
+
+    hidden = tmp_path / "hide"
+    hidden.mkdir()
+    (hidden / "ray.py").write_text("raise ModuleNotFoundError('No module named ray', name='ray')\n")
+    env = dict(os.environ, PYTHONPATH=str(hidden))
+    command = [sys.executable, "-c", "import sys; from threads_search.cli.app import main; sys.argv[0] = 'threads-search'; main()",
+               "embed", str(tmp_path / "no-atlas"), "--ray", "auto"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == ["error: --ray needs Ray, which is not installed; install the extra: "
+                                                "pip install -c constraints.txt 'threads-search[ray]'"]
+    assert not (tmp_path / "no-atlas").exists()

@@ -93,6 +93,7 @@ def test_an_atlas_of_format_1_gets_the_image_columns_from_its_next_writer(atlas,
         opened.sql("ALTER TABLE embeddings DROP COLUMN min_vid")
         opened.sql("ALTER TABLE embeddings DROP COLUMN max_vid")
         opened.sql("DROP TABLE patch_indexes")
+        opened.sql("DROP TABLE index_shards")
         opened.set_meta("format_version", "1")
         opened.publish()
     import pytest as _pytest

@@ -41,3 +41,7 @@ class AtlasBusyError(AtlasError):
 
 class AtlasDamagedError(AtlasError):
     """A file of the atlas is missing, truncated or does not match its record."""
+
+
+class ClusterError(ThreadsSearchError):
+    """Ray is not installed, the cluster cannot be reached, or a shard stayed down after its retries."""

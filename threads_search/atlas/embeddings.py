@@ -115,6 +115,55 @@ def load_embeddings(atlas: Atlas, model_id: str, modality: str, vids=None) -> tu
     return ids[unique], vectors[unique]
 
 
+@dataclass(frozen=True)
+class EmbeddingSlice:
+    """Some stored vectors, readable without the atlas (by a process on another node that sees
+    its folder): the part files (absolute paths) whose vid range meets `vids` (sorted int64)."""
+
+    parts: tuple[str, ...]
+    vids: np.ndarray
+
+
+def embedding_slice(atlas: Atlas, model_id: str, modality: str, vids: np.ndarray) -> EmbeddingSlice:
+    wanted = np.intersect1d(atlas.modality_vids(modality), np.asarray(vids, np.int64))
+    parts = _parts(atlas, model_id, modality)
+    names = []
+    for name, low, high in zip(parts.names, parts.low, parts.high):
+        first = np.searchsorted(wanted, low)
+        if first < wanted.size and wanted[first] <= high:
+            names.append(str(atlas.path(name)))
+    return EmbeddingSlice(tuple(names), wanted)
+
+
+def read_embedding_slice(piece: EmbeddingSlice) -> tuple[np.ndarray, np.ndarray]:
+    """`(ids (n,) int64, vectors (n, dim) float32)` of the slice's vids, in vid order (as `load_embeddings`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from threads_search.errors import AtlasDamagedError
+
+    all_ids, all_vectors = [], []
+    for path in piece.parts:
+        try:
+            table = pq.read_table(path, columns=["vid", "vector"])
+        except (pa.ArrowException, OSError) as error:
+            raise AtlasDamagedError(f"{path}: unreadable embedding part ({str(error).splitlines()[0]}); "
+                                    f"run `threads-search check ATLAS --repair`, then embed again") from None
+        ids = int64_column(table, "vid")
+        keep = np.isin(ids, piece.vids)
+        if keep.any():
+            all_ids.append(ids[keep])
+            all_vectors.append(float32_matrix(table.column("vector"))[keep])
+    if not all_ids:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    ids, vectors = np.concatenate(all_ids), np.concatenate(all_vectors)
+    order = np.argsort(ids, kind="stable")
+    ids, vectors = ids[order], vectors[order]
+    unique = np.ones(len(ids), bool)
+    unique[1:] = ids[1:] != ids[:-1]
+    return ids[unique], vectors[unique]
+
+
 def stored_vector(atlas: Atlas, model_id: str, modality: str, vid: int) -> np.ndarray | None:
     """One item's stored `(dim,) float32` vector, reading one row group of one part; None if not embedded."""
     import pyarrow.parquet as pq

@@ -94,6 +94,9 @@ def referenced_files(connection) -> set[str]:
     if "patch_indexes" in tables:
         for (stem,) in connection.execute("SELECT path FROM patch_indexes").fetchall():
             referenced.update(stem + suffix for suffix in PATCH_INDEX_SUFFIXES)
+    if "index_shards" in tables:
+        for (stem,) in connection.execute("SELECT path FROM index_shards WHERE path IS NOT NULL").fetchall():
+            referenced.update((stem + ".faiss", stem + ".json"))
     return referenced
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from threads_search.atlas.embeddings import embedding_summaries
+from threads_search.atlas.index_shards import shard_summaries
 from threads_search.atlas.indexes import index_summaries
 from threads_search.atlas.items import column_summary
 from threads_search.atlas.profiles import batch_summaries
@@ -57,5 +58,6 @@ def atlas_info(atlas: Atlas) -> dict:
         "models": [{k: v for k, v in m.items() if k != "provenance"} for m in model_summaries(atlas)],
         "embeddings": embedding_summaries(atlas),
         "indexes": index_summaries(atlas),
+        "index_shards": shard_summaries(atlas),
         "prototypes": prototype_summaries(atlas),
     }

@@ -6,7 +6,8 @@
       profiles/               expression / mutation matrices as Parquet, one file per ingest batch
       models/<model_id>/      config.json + model.safetensors
       embeddings/<model_id>/  <modality>-<part>.parquet
-      indexes/                <model_id>-<modality>-<build>.faiss + .json sidecar; patches-<build>.* (region search)
+      indexes/                <model_id>-<modality>-<build>.faiss + .json sidecar; <model_id>-<modality>-shard<s>-<build>.*
+                              (index --shards); patches-<build>.* (region search)
 
 Paths stored in the tables are relative to the atlas root (except referenced feature files,
 which are absolute). Ids are turned into file names with `safe_file_name`, never used as paths.
@@ -59,6 +60,11 @@ def new_index_stem(model_id: str, modality: str) -> str:
     Each build or change gets new files, so the recorded index is never overwritten in place.
     """
     return f"indexes/{_checked_model_id(model_id)}-{modality}-{uuid.uuid4().hex[:8]}"
+
+
+def new_index_shard_stem(model_id: str, modality: str, shard: int) -> str:
+    """A fresh name for one shard's index files (`index --shards N`), named per build like `new_index_stem`."""
+    return f"indexes/{_checked_model_id(model_id)}-{modality}-shard{int(shard):04d}-{uuid.uuid4().hex[:8]}"
 
 
 PATCH_INDEX_SUFFIXES = (".faiss", ".ids.npy", ".json", ".slides.parquet")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 MODALITIES = ("slides", "expression", "mutations")
 PROFILE_MODALITIES = ("expression", "mutations")
 # Columns of `items` that belong to the atlas itself; metadata columns are added beside them.
@@ -130,9 +130,28 @@ def _add_patch_indexes(connection) -> None:
         )""")
 
 
+def _add_index_shards(connection) -> None:
+    """4: sharded slide-level indexes (`index --shards N`): one row per shard of (model, modality);
+    shard `s` holds the items whose vid hashes to `s` (indexer/shards.py)."""
+    connection.execute("""
+        CREATE TABLE index_shards (
+            model_id VARCHAR NOT NULL,
+            modality VARCHAR NOT NULL,
+            shard INTEGER NOT NULL,
+            n_shards INTEGER NOT NULL,
+            path VARCHAR,                    -- relative to the atlas, without extension; NULL: an empty shard
+            kind VARCHAR,
+            n_vectors BIGINT NOT NULL,
+            recall_at_10 DOUBLE,
+            built_at TIMESTAMP NOT NULL,
+            checksum VARCHAR,
+            PRIMARY KEY (model_id, modality, shard)
+        )""")
+
+
 # version -> the change that turns an atlas of that version into one of version + 1. A new
 # atlas is made with SCHEMA (version 1) and then every migration, so both paths give one layout.
-MIGRATIONS: dict[int, Callable[[object], None]] = {1: _add_checksums_and_ranges, 2: _add_patch_indexes}
+MIGRATIONS: dict[int, Callable[[object], None]] = {1: _add_checksums_and_ranges, 2: _add_patch_indexes, 3: _add_index_shards}
 
 
 def migrate(connection, version: int) -> int:

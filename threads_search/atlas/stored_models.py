@@ -97,15 +97,20 @@ def resolve_model_id(atlas: Atlas, requested: str | None = None, trained_only: b
     return rows[0][0]
 
 
+def model_folder_path(atlas: Atlas, model_id: str):
+    """The folder (config.json + model.safetensors) of a recorded model."""
+    row = atlas.sql("SELECT path FROM models WHERE model_id = ?", [model_id]).fetchone()
+    if row is None:
+        raise AtlasError(f"model {model_id} is not in {atlas.root}")
+    return atlas.path(row[0])
+
+
 def load_atlas_model(atlas: Atlas, model_id: str):
     """The model object for a recorded id (verified against its content hash)."""
     from threads_search.encoders.checkpoint import load_model, read_model_id
     from threads_search.errors import AtlasDamagedError, ThreadsSearchError
 
-    row = atlas.sql("SELECT path FROM models WHERE model_id = ?", [model_id]).fetchone()
-    if row is None:
-        raise AtlasError(f"model {model_id} is not in {atlas.root}")
-    folder = atlas.path(row[0])
+    folder = model_folder_path(atlas, model_id)
     hint = f"run `threads-search check {atlas.root} --repair`, then train or ingest the model again"
     try:
         held = read_model_id(folder)

@@ -6,7 +6,7 @@ committed as its own part, so an interrupted run loses at most one chunk.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,12 +15,15 @@ from threads_search.atlas.embeddings import MAX_PARTS, compact, embedded_vids, l
 from threads_search.atlas.items import count_items, vid_by_item
 from threads_search.atlas.profiles import load_profiles
 from threads_search.atlas.schema import MODALITIES, PROFILE_MODALITIES
-from threads_search.atlas.slides import encode_atlas_slide, slide_records
+from threads_search.atlas.slides import AtlasSlide, encode_atlas_slide, slide_records
 from threads_search.atlas.store import Atlas
 from threads_search.atlas.stored_models import list_models, load_atlas_model, resolve_model_id, store_model
 
 SLIDES_PER_PART = 64
 Progress = Callable[[int, int, str], None]
+# (slides to embed, progress) -> chunks of (vids (n,) int64, vectors (n, dim) float32): who encodes the
+# slides. The local job encodes them here; `threads_search.distributed.embed` on a Ray actor pool.
+SlideChunks = Callable[[list[AtlasSlide], Progress | None], Iterator[tuple[np.ndarray, np.ndarray]]]
 
 
 @dataclass
@@ -32,11 +35,16 @@ class EmbedReport:
     compacted: dict[str, int] = field(default_factory=dict)  # modality -> parts after compaction
 
 
-def embed_atlas(atlas: Atlas, model_id: str, progress: Progress | None = None) -> EmbedReport:
-    """Embed whatever the model has not embedded yet, for every modality the model encodes."""
+def embed_atlas(atlas: Atlas, model_id: str, progress: Progress | None = None,
+                slide_chunks: SlideChunks | None = None) -> EmbedReport:
+    """Embed whatever the model has not embedded yet, for every modality the model encodes.
+
+    `slide_chunks` encodes the slides elsewhere (a Ray cluster); each chunk it yields is
+    recorded as one part as soon as it arrives, exactly as the local chunks are.
+    """
     model = load_atlas_model(atlas, model_id)
     report = EmbedReport(model_id=model_id)
-    _embed_slides(atlas, model, model_id, report, progress)
+    _embed_slides(atlas, model, model_id, report, progress, slide_chunks or _local_chunks(model))
     for modality in PROFILE_MODALITIES:
         if modality in model.modalities:
             _embed_profiles(atlas, model, model_id, modality, report)
@@ -84,7 +92,8 @@ def resolve_embed_model(atlas: Atlas, model: str | None = None, weights=None) ->
     return store_model(atlas, loaded, provenance), notes
 
 
-def _embed_slides(atlas: Atlas, model, model_id: str, report: EmbedReport, progress: Progress | None) -> None:
+def _embed_slides(atlas: Atlas, model, model_id: str, report: EmbedReport, progress: Progress | None,
+                  slide_chunks: SlideChunks) -> None:
     records = slide_records(atlas)
     done = embedded_vids(atlas, model_id, "slides")
     todo = [r for r in records if r.vid not in done]
@@ -92,17 +101,26 @@ def _embed_slides(atlas: Atlas, model, model_id: str, report: EmbedReport, progr
     frozen = getattr(model, "frozen_slide_model_id", None)
     if frozen and todo:
         todo = _copy_frozen_slides(atlas, frozen, model_id, todo, report)
+    embedded = 0
     if todo:
         model.check_features(int(atlas.meta("feature_dim")), atlas.meta("patch_encoder"))
-    for start in range(0, len(todo), SLIDES_PER_PART):
-        chunk = todo[start:start + SLIDES_PER_PART]
-        vectors = []
-        for offset, record in enumerate(chunk):
-            vectors.append(encode_atlas_slide(model, record))
-            if progress:
-                progress(start + offset + 1, len(todo), record.slide_id)
-        write_part(atlas, model_id, "slides", np.array([r.vid for r in chunk], np.int64), np.stack(vectors))
-    report.embedded["slides"] = report.embedded.get("slides", 0) + len(todo)
+        for vids, vectors in slide_chunks(todo, progress):
+            write_part(atlas, model_id, "slides", vids, vectors)
+            embedded += len(vids)
+    report.embedded["slides"] = report.embedded.get("slides", 0) + embedded
+
+
+def _local_chunks(model) -> SlideChunks:
+    def chunks(todo: list[AtlasSlide], progress: Progress | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(todo), SLIDES_PER_PART):
+            chunk = todo[start:start + SLIDES_PER_PART]
+            vectors = []
+            for offset, record in enumerate(chunk):
+                vectors.append(encode_atlas_slide(model, record))
+                if progress:
+                    progress(start + offset + 1, len(todo), record.slide_id)
+            yield np.array([r.vid for r in chunk], np.int64), np.stack(vectors)
+    return chunks
 
 
 def _copy_frozen_slides(atlas: Atlas, frozen_id: str, model_id: str, todo: list, report: EmbedReport) -> list:

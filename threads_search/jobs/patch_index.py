@@ -22,7 +22,7 @@ from threads_search.atlas.patch_indexes import (
     slide_patch_sizes,
     write_slide_table,
 )
-from threads_search.atlas.slides import slide_records, verify_unchanged
+from threads_search.atlas.slides import AtlasSlide, slide_records, verify_unchanged
 from threads_search.atlas.layout import new_patch_index_stem
 from threads_search.atlas.store import Atlas
 from threads_search.errors import AtlasError, InputError
@@ -155,28 +155,45 @@ def _feature_blocks(layout: FeatureLayout) -> Iterator[tuple[int, np.ndarray]]:
             yield start, np.asarray(block, dtype=np.float32)
 
 
-def _plan_slides(atlas: Atlas, config: PatchIndexConfig, progress) -> tuple[list[IndexedSlide], list[str]]:
-    """The slides to index with their layouts (and mosaic rows), checked unchanged since ingest."""
+# (slides, config, patch size per vid, progress) -> the planned slides in the given order: where the
+# per-slide planning runs (here, or on a Ray cluster: `threads_search.distributed.patch_index`).
+SlidePlanner = Callable[[list[AtlasSlide], PatchIndexConfig, dict[int, int], Callable[[int, int, str], None]],
+                        list[IndexedSlide]]
+
+
+def plan_slide(record: AtlasSlide, config: PatchIndexConfig, patch_size_level0: int | None) -> IndexedSlide:
+    """One slide's layout (and mosaic rows), its file checked unchanged since ingest."""
     from threads_search.indexer.mosaic import mosaic_rows, slide_seed
     from threads_search.readers.patch_features import read_coords
 
+    layout = feature_layout(verify_unchanged(record))
+    if layout.n_rows != record.n_patches:
+        raise InputError(f"{record.path}: holds {layout.n_rows} patches, ingest recorded {record.n_patches}; "
+                         f"re-ingest it with --replace")
+    rows = None
+    if config.mosaic is not None:
+        features = np.concatenate([block for _, block in _feature_blocks(layout)])
+        coords = read_coords(layout.path) if layout.kind != "torch" else None
+        rows = mosaic_rows(normalised(features), coords, config.mosaic, slide_seed(config.seed, record.slide_id))
+    return IndexedSlide(record.vid, record.slide_id, layout, rows, patch_size_level0)
+
+
+def plan_here(records: list[AtlasSlide], config: PatchIndexConfig, sizes: dict[int, int], progress) -> list[IndexedSlide]:
+    slides = []
+    for number, record in enumerate(records, start=1):
+        slides.append(plan_slide(record, config, sizes.get(record.vid)))
+        progress(number, len(records), record.slide_id)
+    return slides
+
+
+def _plan_slides(atlas: Atlas, config: PatchIndexConfig, progress,
+                 planner: SlidePlanner | None = None) -> tuple[list[IndexedSlide], list[str]]:
+    """The slides to index with their layouts (and mosaic rows), checked unchanged since ingest."""
     records = slide_records(atlas)
     if not records:
         raise AtlasError(f"{atlas.root} holds no slides; ingest patch features first")
-    sizes = slide_patch_sizes(atlas)
-    slides, notes = [], []
-    for number, record in enumerate(records, start=1):
-        layout = feature_layout(verify_unchanged(record))
-        if layout.n_rows != record.n_patches:
-            raise InputError(f"{record.path}: holds {layout.n_rows} patches, ingest recorded {record.n_patches}; "
-                             f"re-ingest it with --replace")
-        rows = None
-        if config.mosaic is not None:
-            features = np.concatenate([block for _, block in _feature_blocks(layout)])
-            coords = read_coords(layout.path) if layout.kind != "torch" else None
-            rows = mosaic_rows(normalised(features), coords, config.mosaic, slide_seed(config.seed, record.slide_id))
-        slides.append(IndexedSlide(record.vid, record.slide_id, layout, rows, sizes.get(record.vid)))
-        progress(number, len(records), record.slide_id)
+    slides = (planner or plan_here)(records, config, slide_patch_sizes(atlas), progress)
+    notes = []
     if config.mosaic is not None:
         kept = sum(s.n_indexed for s in slides)
         total = sum(s.layout.n_rows for s in slides)
@@ -185,13 +202,17 @@ def _plan_slides(atlas: Atlas, config: PatchIndexConfig, progress) -> tuple[list
 
 
 def build_atlas_patch_index(atlas: Atlas, config: PatchIndexConfig,
-                            progress: Callable[[int, int, str], None] | None = None) -> PatchIndexReport:
-    """Build the atlas's patch index anew from every slide's features; returns its sidecar."""
+                            progress: Callable[[int, int, str], None] | None = None,
+                            planner: SlidePlanner | None = None) -> PatchIndexReport:
+    """Build the atlas's patch index anew from every slide's features; returns its sidecar.
+
+    `planner` runs the per-slide planning (file checks, mosaic selection) elsewhere; the two
+    passes over the features and the index itself are built here."""
     from threads_search.indexer.patch_build import build_patch_index
     from threads_search.indexer.patch_index import save_patch_index
 
     report = progress or (lambda done, total, item: None)
-    slides, notes = _plan_slides(atlas, config, report)
+    slides, notes = _plan_slides(atlas, config, report, planner)
     dims = {s.layout.dim for s in slides}
     if len(dims) > 1:
         raise InputError(f"{atlas.root}: slides have features of dimensions {sorted(dims)}; one patch index holds one")

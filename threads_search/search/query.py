@@ -304,16 +304,18 @@ TIE_MARGIN = 8
 SCORE_DECIMALS = 6
 
 
-def search_atlas(atlas: Atlas, query: Query, options: SearchOptions) -> SearchResult:
+def search_atlas(atlas: Atlas, query: Query, options: SearchOptions, index=None) -> SearchResult:
     """Run one query against the index of `options.target`."""
-    return search_many(atlas, [query], options)[0]
+    return search_many(atlas, [query], options, index)[0]
 
 
-def search_many(atlas: Atlas, queries: list[Query], options: SearchOptions) -> list[SearchResult]:
+def search_many(atlas: Atlas, queries: list[Query], options: SearchOptions, index=None) -> list[SearchResult]:
     """Run several queries with the same options against one index, in one FAISS call.
 
     Each query keeps its own exclusions (itself, its patient); equal scores are ordered by
-    vector id, lower first.
+    vector id, lower first. `index` replaces the atlas's recorded index of the target: an
+    object with `sorted_ids`, `holds`, `model_id`, `modality` and `fan_out(vectors, fetch,
+    allowed, exclusions)` (the sharded index of `threads_search.distributed.shards`).
     """
     from threads_search.indexer.bundle import sorted_membership
 
@@ -324,7 +326,11 @@ def search_many(atlas: Atlas, queries: list[Query], options: SearchOptions) -> l
     where = check_where(atlas, options.where)
     model_id = resolve_model_id(atlas, options.model_id)
     label = default_label(atlas, options.label)
-    index = open_index(atlas, model_id, options.target, options.device)
+    if index is None:
+        index = open_index(atlas, model_id, options.target, options.device)
+    elif (index.model_id, index.modality) != (model_id, options.target):
+        raise InputError(f"the given index holds {index.modality} of model {index.model_id}, "
+                         f"not {options.target} of model {model_id}")
     model = _LazyModel(atlas, model_id)
     resolved = [resolve_query(atlas, model, query) for query in queries]
     allowed = allowed_filter(atlas, options, where)
@@ -401,7 +407,11 @@ def _nearest(index, vectors: np.ndarray, k: int, allowed, excluded: list[np.ndar
     fetch = min(k + TIE_MARGIN, n_available)
     if not fetch:
         return [[] for _ in excluded]
-    scores, ids = search(index, vectors, fetch, allowed_ids=allowed, exclude_ids=[e if e.size else None for e in excluded])
+    fan_out = getattr(index, "fan_out", None)  # a sharded index searches its shards and merges
+    if fan_out is not None:
+        scores, ids = fan_out(vectors, fetch, allowed, excluded)
+    else:
+        scores, ids = search(index, vectors, fetch, allowed_ids=allowed, exclude_ids=[e if e.size else None for e in excluded])
     return [_rank(ids[row], scores[row], k) for row in range(len(excluded))]
 
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 from threads_search.service.config import ServiceConfig
 
 
-def create_app(config: ServiceConfig):
-    """The app for one atlas; the atlas is opened here, once (a bad folder is refused before serving)."""
+def create_app(config: ServiceConfig, index_source=None):
+    """The app for one atlas; the atlas is opened here, once (a bad folder is refused before serving).
+
+    `index_source(atlas, model_id, target)` answers searches from another index than the recorded
+    one (`serve --ray` passes the sharded indexes on Ray actors); it is closed at shutdown."""
     from fastapi import FastAPI
 
     from threads_search import __version__
@@ -30,13 +33,15 @@ def create_app(config: ServiceConfig):
                               "slide images by item id, attention heatmaps. Send `Authorization: Bearer TOKEN` "
                               "when the service was started with --token.")
     app.state.service = ServiceState(config=config, handle=handle, metrics=metrics,
-                                     images=SlideImageStore(handle.root))
+                                     images=SlideImageStore(handle.root), index_source=index_source)
     install_error_handlers(app)
     for module in (search_routes, item_routes, image_routes, health_routes, page_routes):
         app.include_router(module.router)
     page_routes.mount_static(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.router.on_shutdown.append(handle.close)
+    if index_source is not None and hasattr(index_source, "close"):
+        app.router.on_shutdown.append(index_source.close)
     return app
 
 
@@ -47,9 +52,9 @@ def uvicorn_config(app, host: str, port: int, log_level: str = "warning"):
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, server_header=False, proxy_headers=False)
 
 
-def serve(config: ServiceConfig, log_level: str = "warning") -> None:
+def serve(config: ServiceConfig, log_level: str = "warning", index_source=None) -> None:
     """Run the app on uvicorn until interrupted."""
     import uvicorn
 
-    app = create_app(config)
+    app = create_app(config, index_source)
     uvicorn.Server(uvicorn_config(app, config.host, config.port, log_level)).run()

@@ -15,7 +15,7 @@ def _search(state: ServiceState, query, options, kind: str, upload_name: str | N
     from threads_search.service.search_service import search_payload
 
     with state.searches, state.handle.reader() as (atlas, generation):  # bounded work in flight
-        payload = search_payload(atlas, generation, query, options, upload_name)
+        payload = search_payload(atlas, generation, query, options, upload_name, state.index_source)
     state.metrics.count_query(kind, options.target)
     return payload
 

@@ -39,12 +39,21 @@ def vote_distribution(atlas: Atlas, result, options) -> dict | None:
                         for c in classes]}
 
 
-def search_payload(atlas: Atlas, generation: Generation, query, options, upload_name: str | None = None) -> dict:
+def search_payload(atlas: Atlas, generation: Generation, query, options, upload_name: str | None = None,
+                   index_source=None) -> dict:
     """`search_atlas`'s JSON (hits exactly as the CLI prints them) with, per hit, `vid` and
-    `images` ({vid, thumbnail, wsi}); the query's images when it is an atlas slide; and `votes`."""
+    `images` ({vid, thumbnail, wsi}); the query's images when it is an atlas slide; and `votes`.
+
+    `index_source(atlas, model_id, target)` gives the index to search instead of the recorded
+    one (`serve --ray`: shards on Ray actors), or None for the recorded one."""
     from threads_search.search.query import search_atlas
 
-    result = search_atlas(atlas, query, options)
+    index = None
+    if index_source is not None:
+        from threads_search.atlas.stored_models import resolve_model_id
+
+        index = index_source(atlas, resolve_model_id(atlas, options.model_id), options.target)
+    result = search_atlas(atlas, query, options, index)
     payload = _with_images(atlas, generation, result.to_json(), options.target)
     if upload_name is not None:
         payload["query"]["file"] = upload_name  # the server's temporary path means nothing to the client

@@ -26,6 +26,7 @@ class ServiceState:
     images: SlideImageStore
     attention: LruCache = field(default_factory=lambda: LruCache(ATTENTION_CACHE_SIZE))
     searches: threading.BoundedSemaphore | None = None
+    index_source: object = None  # (atlas, model_id, target) -> index or None; `serve --ray` gives one
 
     def __post_init__(self) -> None:
         if self.searches is None:

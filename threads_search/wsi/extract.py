@@ -167,7 +167,8 @@ def extract_slide(wsi_path: Path | str, config: ExtractConfig = ExtractConfig(),
     return _encode_slide(Path(wsi_path), encoder, config, on_patches=None)
 
 
-def _check_inputs(wsi_paths: Sequence[Path]) -> None:
+def check_slide_files(wsi_paths: Sequence[Path]) -> None:
+    """Refuse an empty list, a missing file, or two files giving the same slide id (one line each)."""
     if not wsi_paths:
         raise InputError("no slide files given")
     seen: dict[str, Path] = {}
@@ -239,31 +240,36 @@ def run_extraction(
     from threads_search.encoders.patch import create_patch_encoder
 
     paths, out_dir = [Path(p) for p in wsi_paths], Path(out_dir)
-    _check_inputs(paths)
+    check_slide_files(paths)
     encoder = create_patch_encoder(config.patch_encoder, config.weights, device=resolve_device(config.device))
     report = progress or (lambda update: None)
-    results = []
-    for index, path in enumerate(paths):
-        result = SlideResult(
-            slide_id=path.stem,
-            wsi_path=path,
-            h5_path=out_dir / f"{path.stem}.h5",
-            thumbnail_path=out_dir / "thumbnails" / f"{path.stem}.png",
-            status="started",
-        )
-        results.append(result)
-        update = ExtractProgress(path.stem, index, len(paths), 0, 0, "started")
-        started = time.perf_counter()
-        try:
-            _extract_one(result, update, encoder, config, out_dir, report)
-        except ThreadsSearchError as error:
-            if not config.keep_going:
-                raise
-            result.status, result.error = "failed", str(error)
-            report(replace(update, status="failed"))
-        finally:
-            result.seconds = time.perf_counter() - started
-    return results
+    return [extract_one_slide(path, index, len(paths), out_dir, encoder, config, report)
+            for index, path in enumerate(paths)]
+
+
+def extract_one_slide(path: Path, index: int, n_slides: int, out_dir: Path, encoder, config: ExtractConfig,
+                      report: ProgressCallback) -> SlideResult:
+    """Extract (or skip) slide `index` of `n_slides` into `out_dir`; a user-facing error is
+    raised, or recorded as 'failed' when `config.keep_going`. Also run by `extract --ray`'s actors."""
+    result = SlideResult(
+        slide_id=path.stem,
+        wsi_path=path,
+        h5_path=out_dir / f"{path.stem}.h5",
+        thumbnail_path=out_dir / "thumbnails" / f"{path.stem}.png",
+        status="started",
+    )
+    update = ExtractProgress(path.stem, index, n_slides, 0, 0, "started")
+    started = time.perf_counter()
+    try:
+        _extract_one(result, update, encoder, config, out_dir, report)
+    except ThreadsSearchError as error:
+        if not config.keep_going:
+            raise
+        result.status, result.error = "failed", str(error)
+        report(replace(update, status="failed"))
+    finally:
+        result.seconds = time.perf_counter() - started
+    return result
 
 
 def extract_slides(
@@ -279,8 +285,12 @@ def extract_slides(
     min_tissue_fraction: float = 0.25,
     device: str = "auto",
     keep_going: bool = False,
+    runner=None,
 ) -> list[SlideResult]:
     """Extract TRIDENT-layout patch features for `wsi_paths` into `out_dir` (Python API of `extract`).
+
+    `runner(wsi_paths, out_dir, config, progress)` runs the job elsewhere (`extract --ray`:
+    `threads_search.distributed.extract`); by default it runs here, slide after slide.
 
     Writes `<out_dir>/<slide_id>.h5` and `<out_dir>/thumbnails/<slide_id>.png` per slide and
     returns one SlideResult each; `progress` receives ExtractProgress updates per batch.
@@ -296,4 +306,4 @@ def extract_slides(
         device=device,
         keep_going=keep_going,
     )
-    return run_extraction(wsi_paths, out_dir, config, progress)
+    return (runner or run_extraction)(wsi_paths, out_dir, config, progress)
