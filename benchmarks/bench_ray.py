@@ -85,7 +85,8 @@ def embed_benchmark(work: pathlib.Path, n_slides: int, n_patches: int, recipe: s
             else:
                 report = embed_atlas_ray(atlas, model_id, RayConfig(address="auto", workers=workers, num_cpus=1), progress)
             seconds = time.perf_counter() - start
-        assert report.embedded["slides"] == n_slides
+        if report.embedded["slides"] != n_slides:
+            raise SystemExit(f"embed {name}: embedded {report.embedded['slides']} slides, expected {n_slides}")
         runs[name] = {"seconds": round(seconds, 2), "slides_per_s": round(n_slides / seconds, 2),
                       "first_slides_after_s": round(first[0] - start, 2)}
         print(f"embed {name}: {seconds:.1f} s, {n_slides / seconds:.1f} slides/s", flush=True)

@@ -127,6 +127,21 @@ def store_fitted_baseline(path: Path, where_sql: str | None = None) -> str:
         return store_model(atlas, _fitted_baseline(dataset, config))
 
 
+def indexed_quick_atlas(root: Path, kind: str = "auto") -> tuple[Path, str]:
+    """A quick cohort ingested, a fitted mean-pooling model stored, embedded and indexed (`kind`);
+    returns the atlas path and the model id."""
+    from threads_search.atlas.store import open_atlas
+    from threads_search.jobs.embed import embed_atlas
+    from threads_search.jobs.index import build_atlas_indexes
+
+    path, _ = ingest_quick_cohort(root)
+    model_id = store_fitted_baseline(path, "cohort = 'train'")
+    with open_atlas(path) as opened:
+        embed_atlas(opened, model_id)
+        build_atlas_indexes(opened, model_id, kind=kind)
+    return path, model_id
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray cluster (2 CPUs) for every distributed test; skipped without the `ray` extra."""

@@ -24,16 +24,9 @@ def cli(*args):
 @pytest.fixture(scope="module")
 def atlas(tmp_path_factory) -> Path:
     """A quick cohort embedded and indexed (single index) with a fitted mean-pooling model."""
-    from conftest import ingest_quick_cohort, store_fitted_baseline
-    from threads_search.atlas.store import open_atlas
-    from threads_search.jobs.embed import embed_atlas
-    from threads_search.jobs.index import build_atlas_indexes
+    from conftest import indexed_quick_atlas
 
-    path, _ = ingest_quick_cohort(tmp_path_factory.mktemp("sharded"))
-    model_id = store_fitted_baseline(path, "cohort = 'train'")
-    with open_atlas(path) as opened:
-        embed_atlas(opened, model_id)
-        build_atlas_indexes(opened, model_id, kind="flat")
+    path, _ = indexed_quick_atlas(tmp_path_factory.mktemp("sharded"), kind="flat")
     return path
 
 

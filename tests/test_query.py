@@ -21,16 +21,9 @@ def cli(*args):
 @pytest.fixture(scope="module")
 def atlas(tmp_path_factory) -> Path:
     """Quick synthetic cohort, ingested, embedded and indexed with a fitted mean-pooling model."""
-    from conftest import ingest_quick_cohort, store_fitted_baseline
-    from threads_search.atlas.store import open_atlas
-    from threads_search.jobs.embed import embed_atlas
-    from threads_search.jobs.index import build_atlas_indexes
+    from conftest import indexed_quick_atlas
 
-    path, _ = ingest_quick_cohort(tmp_path_factory.mktemp("query"))
-    model_id = store_fitted_baseline(path, "cohort = 'train'")
-    with open_atlas(path) as opened:
-        embed_atlas(opened, model_id)
-        build_atlas_indexes(opened, model_id)
+    path, _ = indexed_quick_atlas(tmp_path_factory.mktemp("query"))
     return path
 
 
