@@ -126,18 +126,25 @@ def numpy_method(vectors: np.ndarray, patient: np.ndarray, masks):
     return prepare
 
 
-def faiss_direct_method(index, vectors: np.ndarray, patient: np.ndarray, masks, params_for=None):
-    """A faiss index used as a user would: ids = row numbers, an IDSelectorBatch per filter."""
+def faiss_direct_method(index, vectors: np.ndarray, patient: np.ndarray, masks, params_for=None,
+                        row_of_label: np.ndarray | None = None):
+    """A faiss index used as a user would: an IDSelectorBatch per filter, labels = row numbers
+    (or mapped to rows by `row_of_label` for an index whose labels are its insertion order)."""
     import faiss
+
+    n = len(vectors)
+    label_of_row = np.arange(n) if row_of_label is None else np.argsort(row_of_label)
+    rows_of = np.arange(n) if row_of_label is None else row_of_label
 
     def prepare(filter_name: str):
         mask = masks[filter_name]
-        selector = None if mask is None else faiss.IDSelectorBatch(np.flatnonzero(mask).astype(np.int64))
+        selector = None if mask is None else faiss.IDSelectorBatch(label_of_row[np.flatnonzero(mask)].astype(np.int64))
 
         def query(row: int):
             params = params_for(selector) if params_for else (faiss.SearchParameters(sel=selector) if selector else None)
             _, found = index.search(vectors[row:row + 1], K + 4, params=params)
-            return [r for r in found[0] if r >= 0 and patient[r] != patient[row]][:K]
+            found = [int(rows_of[label]) for label in found[0] if label >= 0]
+            return [r for r in found if patient[r] != patient[row]][:K]
         return query
     return prepare
 
@@ -281,7 +288,12 @@ def run_size(n: int, n_queries: int, work: Path, methods: set[str]) -> dict:
                 if knob == "efSearch":
                     return faiss.SearchParametersHNSW(efSearch=int(params[knob]), sel=selector)
                 return faiss.SearchParametersIVF(nprobe=int(params[knob]), sel=selector)
-            candidates[f"faiss-{chosen_kind}"] = faiss_direct_method(inner, vectors, patient, masks, params_for)
+            # The inner index labels vectors by insertion position; the id map holds each position's vid.
+            vid_of_label = faiss.vector_to_array(product_index.index.id_map)
+            row_of_vid = np.empty(int(vids.max()) + 1, np.int64)
+            row_of_vid[vids] = np.arange(len(vids))
+            candidates[f"faiss-{chosen_kind}"] = faiss_direct_method(inner, vectors, patient, masks, params_for,
+                                                                     row_of_vid[vid_of_label])
     if "lancedb" in methods:
         flat_prepare, ivfpq_prepare, info = lancedb_methods(work, vectors, patient, masks, truth, tuning_rows)
         candidates["lancedb-flat"] = flat_prepare

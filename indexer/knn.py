@@ -163,13 +163,20 @@ def exact_search(
     Vectors are reconstructed from the CPU index in chunks (no copy of the whole collection).
     Returns (q, fetch) float32 scores, descending, and int64 ids, padded when needed.
     """
+    import faiss
+
     best_scores = np.empty((queries.shape[0], 0), dtype=np.float32)
     best_ids = np.empty((queries.shape[0], 0), dtype=np.int64)
     for start in range(0, candidate_ids.size, EXACT_CHUNK_ROWS):
         chunk_ids = candidate_ids[start : start + EXACT_CHUNK_ROWS]
-        chunk_scores = queries @ index.index.reconstruct_batch(chunk_ids).T
+        # faiss's brute-force kNN: SIMD loops on the calling thread for a few queries (no BLAS
+        # thread team to wake, which cost 1-5 ms per query on a busy machine), BLAS for many.
+        chunk_scores, positions = faiss.knn(
+            queries, index.index.reconstruct_batch(chunk_ids), min(fetch, chunk_ids.size),
+            metric=faiss.METRIC_INNER_PRODUCT,
+        )
         scores = np.concatenate([best_scores, chunk_scores], axis=1)
-        ids = np.concatenate([best_ids, np.broadcast_to(chunk_ids, chunk_scores.shape)], axis=1)
+        ids = np.concatenate([best_ids, chunk_ids[positions]], axis=1)
         if scores.shape[1] > fetch:
             top = np.argpartition(-scores, fetch - 1, axis=1)[:, :fetch]
             scores = np.take_along_axis(scores, top, axis=1)
