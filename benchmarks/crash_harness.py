@@ -195,9 +195,17 @@ def _trial(scenario: Scenario, states: dict, work: Path, reference: dict, outcom
             return True
     else:
         env = dict(os.environ, THREADS_SEARCH_LOCK_TIMEOUT="5", OMP_NUM_THREADS="1")
-        process = subprocess.Popen(CLI + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        stderr_path = work / "trial-stderr.txt"  # a file, not a pipe: a full pipe would stall the command
+        with open(stderr_path, "wb") as stderr_file:
+            process = subprocess.Popen(CLI + args, stdout=subprocess.DEVNULL, stderr=stderr_file, env=env)
         time.sleep(delay)
         if process.poll() is not None:
+            if process.returncode != 0:  # an early failure is a failure, not a kill that came too late
+                outcome.failed_resumes += 1
+                stderr = stderr_path.read_text(errors="replace").strip()
+                outcome.examples.append(f"{scenario.name} after {delay:.2f}s: exit {process.returncode} before the kill: "
+                                        f"{stderr[-300:]}")
+                return True
             return False
         process.send_signal(signal.SIGKILL)
         process.wait()
