@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from query_atlas import FILTERS, build_query_atlas  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-os.environ.setdefault("RUST_LOG", "error")  # LanceDB logs a deprecation warning per query otherwise
+os.environ.setdefault("LANCE_LOG", "error")  # LanceDB logs a deprecation warning per query otherwise (RUST_LOG is not read)
 K = 10
 TARGET_RECALL = 0.95
 
@@ -311,9 +311,13 @@ def run_size(n: int, n_queries: int, work: Path, methods: set[str]) -> dict:
                 query(int(row))
         times = {name: [] for name in prepared}
         recalls = {name: [] for name in prepared}
+        order_rng = np.random.default_rng(2)
         for row in query_rows:
             expected = truth.top(int(row), masks[filter_name])
-            for name, query in prepared.items():  # interleaved: each query through every method in turn
+            # Interleaved: each query through every method in turn, in a new random order per query,
+            # so that work a method leaves running (LanceDB's thread pools) slows no one method alone.
+            for name in order_rng.permutation(list(prepared)):
+                query = prepared[name]
                 started = time.perf_counter()
                 found = query(int(row))
                 times[name].append(time.perf_counter() - started)

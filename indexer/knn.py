@@ -203,8 +203,22 @@ def _drop_excluded(
     return _padded(scores[:, :k], ids[:, :k], k)
 
 
+# Up to this many query rows are compacted row by row (boolean indexing); more go through one
+# stable argsort of the whole block. For the single query of an interactive search the row path
+# costs a few microseconds against ~40 for the sort and its take_along_axis calls.
+ROW_BY_ROW_MAX = 8
+
+
 def _keep(scores: np.ndarray, ids: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Move the kept entries of each row to its front, in order; the rest become -inf / -1."""
+    if scores.shape[0] <= ROW_BY_ROW_MAX:
+        kept_scores = np.full(scores.shape, -np.inf, dtype=np.float32)
+        kept_ids = np.full(ids.shape, -1, dtype=np.int64)
+        for row in range(scores.shape[0]):
+            row_scores = scores[row][keep[row]]
+            kept_scores[row, : row_scores.size] = row_scores
+            kept_ids[row, : row_scores.size] = ids[row][keep[row]]
+        return kept_scores, kept_ids
     order = np.argsort(~keep, axis=1, kind="stable")
     kept = np.take_along_axis(keep, order, axis=1)
     scores = np.where(kept, np.take_along_axis(scores, order, axis=1), -np.inf).astype(np.float32)
