@@ -53,6 +53,7 @@ def test_site_mixing_equals_the_hand_computation():
     assert per_site["D"]["database_share"] == 0.0
     low, high = mixing.ci95["site_mixing@3"]
     assert low <= mixing.overall["site_mixing@3"] <= high
+    np.testing.assert_allclose(report().per_query["site_mixing@3"], [5 / 3, 2, 0, np.nan, np.nan])
 
 
 def test_site_mixing_reaches_the_json_with_null_for_undefined_sites():

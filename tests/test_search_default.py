@@ -95,6 +95,14 @@ def test_embedded_but_not_indexed_names_only_index_and_embed_keeps_the_newest_tr
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["query"]["model_id"] == two_models.newer
     assert result.stderr.strip().splitlines()[0].endswith("UTC)")  # nothing newer passed over
+    # A prototype query searches the space its set was built in, not the newest indexed model.
+    built = cli("prototypes", copy, "--label", "subtype", "--modality", "slides", "--name", "old", "--model",
+                two_models.older)
+    assert built.exit_code == 0, built.output
+    subtype = built.stdout.splitlines()[3].split()[0]
+    result = cli("search", copy, "--prototype", f"old:{subtype}", "-k", 3, "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["query"]["model_id"] == two_models.older
 
 
 def test_no_indexed_model_at_all_is_one_message(two_models, tmp_path):

@@ -101,7 +101,8 @@ class SiteMixing:
     column: the metadata column read as the site. overall / other_sites: mean over defined
     queries. ci95: patient-bootstrap interval of `overall`. per_site: query site -> {'site_mixing@K':
     mean, 'hit_share@K', 'database_share' (means over the site's queries), 'n_queries',
-    'n_undefined'}. n_undefined: queries left out (at the largest K).
+    'n_undefined'}. n_undefined: queries left out (at the largest K). per_query:
+    'site_mixing@K' -> (q,) float64 per-query values, NaN where undefined.
     """
 
     column: str

@@ -329,7 +329,7 @@ def search_many(atlas: Atlas, queries: list[Query], options: SearchOptions, inde
     label = default_label(atlas, options.label)
     searched_with = None
     if index is None:
-        chosen = resolve_search_model(atlas, options.model_id, options.target)
+        chosen = resolve_search_model(atlas, options.model_id or prototype_model(atlas, queries), options.target)
         model_id, searched_with = chosen.model_id, chosen.describe(atlas)
         index = open_index(atlas, model_id, options.target, options.device)
     else:
@@ -368,6 +368,15 @@ def search_many(atlas: Atlas, queries: list[Query], options: SearchOptions, inde
             query_info["one_per_patient"] = True
         results.append(SearchResult(query=query_info, hits=hits, label=label, notes=notes, searched_with=searched_with))
     return results
+
+
+def prototype_model(atlas: Atlas, queries: list[Query]) -> str | None:
+    """The model a prototype query's set was built with (its space), None for other queries."""
+    from threads_search.search.prototypes import load_prototypes
+
+    if not queries or queries[0].prototype is None:
+        return None
+    return load_prototypes(atlas, queries[0].prototype.partition(":")[0]).model_id
 
 
 def allowed_filter(atlas: Atlas, options: SearchOptions, where):

@@ -53,8 +53,10 @@ def search_payload(atlas: Atlas, generation: Generation, query, options, upload_
         from dataclasses import replace
 
         from threads_search.atlas.search_default import resolve_search_model
+        from threads_search.search.query import prototype_model
 
-        chosen = resolve_search_model(atlas, options.model_id, options.target, sharded=True)
+        chosen = resolve_search_model(atlas, options.model_id or prototype_model(atlas, [query]), options.target,
+                                      sharded=True)
         options = replace(options, model_id=chosen.model_id)
         index = index_source(atlas, chosen.model_id, options.target)
     result = search_atlas(atlas, query, options, index)
