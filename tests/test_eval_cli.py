@@ -341,7 +341,7 @@ def test_worst_and_rare_classes_sit_beside_the_mean(built, tmp_path):
         patients = dict(atlas.sql("SELECT subtype, count(DISTINCT patient_id) FROM items GROUP BY 1").fetchall())
         (n_patients,) = atlas.sql("SELECT count(DISTINCT patient_id) FROM items").fetchone()
     assert highlights["prevalence"] == {"n_patients": n_patients, "scope": "labelled atlas patients"}
-    assert [e["n_patients"] for e in highlights["worst"]] == [patients[c] for c in lowest[:3]]
+    assert [e["prevalence_patients"] for e in highlights["worst"]] == [patients[c] for c in lowest[:3]]
     rare = sorted((c for c in patients if patients[c] <= 0.05 * n_patients), key=lambda c: (patients[c], c))
     assert [e["class"] for e in highlights["rare"]] == rare
     heldout = items(built, built.model_id, "slides").where("heldout")

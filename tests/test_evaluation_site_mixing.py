@@ -102,8 +102,8 @@ def test_worst_and_rare_classes_are_listed_beside_the_mean():
     assert [e["class"] for e in highlights["worst"]] == ["rare", "poor", "middling"]
     # Rare: <= 5% of 200 patients = at most 10 patients; rarest first.
     assert [e["class"] for e in highlights["rare"]] == ["rarest", "rare"]
-    assert highlights["rare"][1] == {"class": "rare", "mAP@5": 0.1, "n_queries": 2, "n_patients": 10,
-                                     "patient_share": 0.05}
+    assert highlights["rare"][1] == {"class": "rare", "mAP@5": 0.1, "n_queries": 2, "prevalence_patients": 10,
+                                     "prevalence_share": 0.05}
     worst, rare = describe_highlights(highlights)
     assert worst == ("worst classes by mAP@5: rare 0.100 (2 queries, 10 patients), poor 0.200 (10 queries, "
                      "30 patients), middling 0.500 (20 queries, 60 patients)")

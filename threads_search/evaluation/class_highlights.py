@@ -36,15 +36,15 @@ def class_highlights(per_class: dict[str, dict[str, Any]], metric: str, prevalen
     """{"metric", "rare_share", "prevalence": {n_patients, scope}, "worst": [...], "rare": [...]}.
 
     per_class: class -> {metric: value or None, "n_queries", ...} (the JSON form of a report's
-    per-class table). Each listed class is {"class", metric, "n_queries", "n_patients"
-    (patients with it in the reference population), "patient_share"}; worst classes come
-    lowest first, rare ones rarest first (a rare class without queries is listed with metric
-    None).
+    per-class table). Each listed class is {"class", metric, "n_queries",
+    "prevalence_patients" (patients with it in the reference population), "prevalence_share"};
+    worst classes come lowest first, rare ones rarest first (a rare class without queries is
+    listed with metric None).
     """
     def entry(label: str) -> dict[str, Any]:
         figures = per_class[label]
         return {"class": label, metric: figures.get(metric), "n_queries": int(figures.get("n_queries") or 0),
-                "n_patients": prevalence.counts.get(label, 0), "patient_share": prevalence.share(label)}
+                "prevalence_patients": prevalence.counts.get(label, 0), "prevalence_share": prevalence.share(label)}
 
     scored = [label for label, figures in per_class.items() if figures.get(metric) is not None]
     worst = sorted(scored, key=lambda label: (per_class[label][metric], label))[:n_worst]
@@ -62,8 +62,8 @@ def describe_highlights(highlights: dict[str, Any]) -> list[str]:
     population = highlights["prevalence"]
 
     def listed(entries: list[dict[str, Any]]) -> str:
-        return ", ".join(f"{e['class']} {_figure(e[metric])} ({e['n_queries']} queries, {e['n_patients']} patients)"
-                         for e in entries)
+        return ", ".join(f"{e['class']} {_figure(e[metric])} ({e['n_queries']} queries, "
+                         f"{e['prevalence_patients']} patients)" for e in entries)
 
     lines = [f"worst classes by {metric}: {listed(highlights['worst']) or 'none'}"]
     share = f"<= {highlights['rare_share']:.0%} of {population['n_patients']} {population['scope']}"
