@@ -73,6 +73,7 @@ def render_summary(payload: dict) -> str:
         table(rows, ["query -> target", "encoder"] + [metrics[0], "95% CI"] + metrics[1:]),
         f"mAP@{k}: mean over queries of sum_(j<={k}) P@j rel_j / {k};  Acc@{k}: a relevant slide in the top {k};  "
         f"MV@{k}: the majority {settings['label']} of the top {k} is right.",
+        *_classes_and_sites(payload),
         f"Zero-shot {settings['label']} classification of the {prototypes['n_slides']} held-out slides by the nearest "
         f"expression prototype: balanced accuracy {_figure(prototypes['balanced_accuracy'])} "
         f"(chance {prototypes['chance']:.3f}).",
@@ -89,6 +90,31 @@ def render_summary(payload: dict) -> str:
         f"  threads-search info {atlas}",
     ]
     return "\n".join(lines)
+
+
+def _classes_and_sites(payload: dict) -> list[str]:
+    """Per task: the worst and the rare classes beside the mean, and site mixing (trained model
+    beside mean pooling, per held-out site). Reports of older demos without them give no lines."""
+    from threads_search.evaluation.class_highlights import describe_highlights
+
+    lines = []
+    for task, task_name in ROWS:
+        figures = payload["evaluation"][task]
+        if figures.get("class_highlights") is not None:
+            lines += [f"{task_name}, {line}" for line in describe_highlights(figures["class_highlights"])]
+        if "site_mixing" in figures:
+            lines.append(f"{task_name}, {_site_mixing_line(figures['site_mixing'])}")
+    return lines
+
+
+def _site_mixing_line(mixing: dict | None) -> str:
+    if mixing is None:
+        return "site mixing: no site column"
+    ci = mixing["ci95"]
+    interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and ci[0] is not None else ""
+    per_site = ", ".join(f"{site} {_figure(f['trained'])}" for site, f in mixing["per_site"].items())
+    return (f"{mixing['key']} (1.0 = no {mixing['column']} preference): trained {_figure(mixing['trained'])}{interval}, "
+            f"mean pooling {_figure(mixing['meanpool'])}; per query {mixing['column']}: {per_site}")
 
 
 def demo(out: Path = typer.Option(Path("threads-search-demo"), "--out", help="Folder for the cohort, the atlas and the report."),

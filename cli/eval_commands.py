@@ -39,12 +39,15 @@ def _cell(value, interval=None) -> str:
 
 METRIC_NAMES = ("mAP", "Acc", "MV", "mAP_trec")
 # Definitions printed under the tables (the JSON carries all of them).
-PRINTED_DEFINITIONS = tuple(f"{name}@K" for name in METRIC_NAMES) + ("exclusion", "chance", "ci95")
+PRINTED_DEFINITIONS = tuple(f"{name}@K" for name in METRIC_NAMES) + ("exclusion", "chance", "ci95", "site_mixing@K")
 
 
 def render_evaluation(evaluation, k_focus: int | None = None) -> str:
     """The model beside mean pooling and chance for every metric and K, then per class at one K
-    (k_focus, else 5, else the smallest K), then the definitions."""
+    (k_focus, else 5, else the smallest K) with the worst and rare classes, site mixing per
+    site, then the definitions."""
+    from threads_search.evaluation.class_highlights import describe_highlights
+
     payload = evaluation.to_json()
     ks = payload["ks"]
     baselines = payload["baselines"]
@@ -60,9 +63,10 @@ def render_evaluation(evaluation, k_focus: int | None = None) -> str:
                              payload["baseline_details"]["region_votes"]["ci95"].get(metric)))
         row.append(_cell(baselines["chance"].get(metric)))
         rows.append(row)
+    rows += _site_mixing_rows(payload, ks)
     focus = k_focus if k_focus in ks else (5 if 5 in ks else ks[0])
     by_size = sorted(payload["per_class"].items(), key=lambda item: (-(item[1].get("n_database") or 0), item[0]))
-    per_class = [[label, figures.get("n_queries"), figures.get("n_database"),
+    per_class = [[label, figures.get("n_patients"), figures.get("n_queries"), figures.get("n_database"),
                   *(_cell(figures.get(f"{name}@{focus}")) for name in ("mAP", "Acc", "MV"))]
                  for label, figures in by_size]
     overlap = payload["overlap"]
@@ -70,11 +74,57 @@ def render_evaluation(evaluation, k_focus: int | None = None) -> str:
              f"{payload['n_database']} database items ({overlap['items']} items and {overlap['patients']} patients "
              f"on both sides), model {evaluation.model_id}",
              table(rows, header), "", f"per class (K = {focus}):",
-             table(per_class, ["class", "queries", "database", f"mAP@{focus}", f"Acc@{focus}", f"MV@{focus}"]), "",
-             "definitions:"]
+             table(per_class, ["class", "patients", "queries", "database", f"mAP@{focus}", f"Acc@{focus}",
+                               f"MV@{focus}"]),
+             *describe_highlights(payload["class_highlights"][f"mAP@{focus}"]), "",
+             *_site_mixing_lines(payload, focus), "", "definitions:"]
     definitions = payload["definitions"]
     lines += [f"  {name}: {definitions[name]}" for name in PRINTED_DEFINITIONS if name in definitions]
     return "\n".join(lines)
+
+
+def _site_mixing_rows(payload: dict, ks) -> list[list]:
+    """Rows `site_mixing@K` of the main table: the model [CI], mean pooling, region votes, chance (1.0)."""
+    mixing = payload.get("site_mixing")
+    if mixing is None:
+        return []
+    details = payload.get("baseline_details", {})
+    rows = []
+    for k in ks:
+        key = f"site_mixing@{k}"
+        row = [key, _cell(mixing["overall"].get(key), mixing["ci95"].get(key))]
+        for name in ("meanpool", "region_votes"):
+            if name in payload["baselines"]:
+                other = (details.get(name) or {}).get("site_mixing") or {"overall": {}, "ci95": {}}
+                row.append(_cell(other["overall"].get(key), other["ci95"].get(key) if name == "region_votes" else None))
+        row.append(_cell(1.0))
+        rows.append(row)
+    return rows
+
+
+def _site_mixing_lines(payload: dict, focus: int) -> list[str]:
+    """Site mixing per query site at K = focus, or the line saying there is no site column."""
+    mixing = payload.get("site_mixing")
+    if mixing is None:
+        from threads_search.jobs.evaluate import SITE_COLUMNS
+
+        return [f"site mixing: no site column (none of {', '.join(SITE_COLUMNS)}; name one with --site-column)"]
+    key = f"site_mixing@{focus}"
+    baseline = ((payload.get("baseline_details") or {}).get("meanpool") or {}).get("site_mixing")
+    rows = []
+    for site, figures in mixing["per_site"].items():
+        row = [site, figures["n_queries"], _cell(figures.get("database_share")), _cell(figures.get(f"hit_share@{focus}")),
+               _cell(figures.get(key))]
+        if baseline is not None:
+            row.append(_cell((baseline["per_site"].get(site) or {}).get(key)))
+        rows.append(row)
+    header = [mixing["column"], "queries", "database share", f"hit share@{focus}", key] + \
+        (["mean pooling"] if baseline is not None else [])
+    lines = [f"site mixing by query {mixing['column']} (K = {focus}; 1.0 = no site preference):", table(rows, header)]
+    if mixing["n_undefined"]:
+        lines.append(f"{mixing['n_undefined']} queries have no eligible database item of their own "
+                     f"{mixing['column']} (or no {mixing['column']}) and are left out of site mixing")
+    return lines
 
 
 def evaluate(atlas: Path = typer.Argument(..., help="Atlas folder."),
@@ -90,6 +140,8 @@ def evaluate(atlas: Path = typer.Argument(..., help="Atlas folder."),
              json_path: Path = typer.Option(None, "--json", help="Write the report as JSON."),
              plots: Path = typer.Option(None, "--plots", help="Folder for PNG plots."),
              quiet: bool = QUIET,
+             site_column: str = typer.Option(None, "--site-column", help="Metadata column read as the site for site "
+                                             "mixing (default: site, center ... whichever the metadata has)."),
              by: EvalBy = choice(EvalBy.embeddings, "--by", help="embeddings, or also regions: slide -> slide retrieval by region votes of the patch index, on the same queries.")) -> None:
     """Retrieval mAP@K, Acc@K, MV@K (+ trec mAP) with CIs, per class, beside mean pooling and chance."""
     from threads_search.atlas.store import open_atlas
@@ -98,7 +150,7 @@ def evaluate(atlas: Path = typer.Argument(..., help="Atlas folder."),
     ks = parse_ints(k, "-k")
     with open_atlas(atlas, read_only=True) as opened:
         evaluation = evaluate_atlas(opened, label, queries, database, value(query_modality), value(target), ks, bootstrap,
-                                    seed, model)
+                                    seed, model, site_column)
         if value(by) == "regions":
             from threads_search.search.region_eval import add_region_votes
 

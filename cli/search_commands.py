@@ -30,7 +30,7 @@ def search(atlas: Path = typer.Argument(..., help="Atlas folder."),
            where: str = typer.Option(None, "--where", help="SQL filter over metadata, applied inside the search."),
            include_same_patient: bool = flag("--include-same-patient", help="Keep hits of the query's own patient."),
            one_per_patient: bool = flag("--one-per-patient", help="Keep each patient's best hit only."),
-           model: str = typer.Option(None, "--model", help="Model id or prefix (default: the newest trained model)."),
+           model: str = typer.Option(None, "--model", help="Model id or prefix (default: the newest trained model that has an index)."),
            label: str = typer.Option(None, "--label", help="Column for the majority-vote line (default: subtype/diagnosis if present)."),
            mpp: float = typer.Option(None, "--mpp", help="Microns per pixel for --wsi files that lack it."),
            weights: Path = typer.Option(None, "--weights", help="With --wsi: local weights file of the atlas's patch "
@@ -57,6 +57,8 @@ def search(atlas: Path = typer.Argument(..., help="Atlas folder."),
                             model_id=model, label=label, device=device_name(device), one_per_patient=one_per_patient)
     with open_atlas(atlas, read_only=True) as opened:
         result = search_atlas(opened, query, options)
+    if result.searched_with:
+        typer.echo(result.searched_with, err=True)
     warn(result.notes)
     typer.echo(render_hits(result, value(output)))
 

@@ -88,6 +88,26 @@ def test_cli_narrates_every_stage_and_ends_with_the_summary(demo):
     assert f"threads-search search {out / 'atlas'} --slide-id {search['slide_id']}" in summary
 
 
+@pytest.mark.parametrize("task, task_name", [("slide_to_slide", "slide -> slide"),
+                                             ("expression_to_slide", "expression -> slide")])
+def test_summary_lists_worst_and_rare_classes_and_site_mixing_from_the_evaluator(demo, task, task_name):
+    result, out, payload = demo
+    evaluator = json.loads((out / "report" / f"{task}.json").read_text())
+    figures = payload["evaluation"][task]
+    assert figures["class_highlights"] == evaluator["class_highlights"][f"mAP@{K}"]
+    worst = figures["class_highlights"]["worst"]
+    assert len(worst) == 3 and worst[0][f"mAP@{K}"] == min(
+        f[f"mAP@{K}"] for f in evaluator["per_class"].values() if f[f"mAP@{K}"] is not None)
+    summary = result.output[result.output.index("Held-out sites"):]
+    assert f"{task_name}, worst classes by mAP@{K}: {worst[0]['class']} {worst[0][f'mAP@{K}']:.3f}" in summary
+    assert f"{task_name}, rare classes (<= 5% of {payload['cohort']['n_patients']} labelled atlas patients)" in summary
+    mixing = figures["site_mixing"]
+    assert mixing["column"] == "site" and sorted(mixing["per_site"]) == sorted(payload["cohort"]["heldout_sites"])
+    assert mixing["trained"] == evaluator["site_mixing"]["overall"][f"site_mixing@{K}"]
+    assert mixing["meanpool"] == evaluator["baseline_details"]["meanpool"]["site_mixing"]["overall"][f"site_mixing@{K}"]
+    assert f"{task_name}, site_mixing@{K} (1.0 = no site preference): trained {mixing['trained']:.3f}" in summary
+
+
 def test_report_files_exist_and_plots_are_png(demo):
     _, out, payload = demo
     report = out / "report"

@@ -240,6 +240,7 @@ def test_a_baseline_without_embeddings_becomes_a_note(built, tmp_path):
     ({"-k": "1,5000"}, "-k 5000: larger than the database"),
     ({"-k": "1,five"}, "-k 1,five: expected comma-separated integers"),
     ({"--query-modality": "images"}, "'--query-modality': Value error, 'images' is not one of 'slides', 'expression', 'mutations'"),
+    ({"--site-column": "hospital"}, "--site-column hospital: no such metadata column (columns: site, cohort"),
 ])
 def test_bad_input_is_one_line_with_exit_code_2_and_writes_nothing(built, tmp_path, overrides, expected):
     json_path = tmp_path / "never.json"
@@ -250,6 +251,129 @@ def test_bad_input_is_one_line_with_exit_code_2_and_writes_nothing(built, tmp_pa
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
     assert "Traceback" not in result.output and not json_path.exists()
+
+
+def item_sites(built: Built, modality: str, cohort: str) -> list[str]:
+    """`site` of the cohort's items of one modality, in vid order."""
+    from threads_search.atlas.store import open_atlas
+
+    with open_atlas(built.path, read_only=True) as atlas:
+        return [r[0] for r in atlas.sql("SELECT site FROM items WHERE modality = ? AND cohort = ? ORDER BY vid",
+                                        [modality, cohort]).fetchall()]
+
+
+def hand_site_mixing(queries: Items, query_sites, database: Items, db_sites, k: int) -> tuple[float, dict]:
+    """Mean over queries of (own-site share of the top k) / (own-site share of the eligible
+    database), by explicit loops: cosine ranking, the query's own patient removed."""
+    q = queries.vectors.astype(np.float64)
+    d = database.vectors.astype(np.float64)
+    scores = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (d / np.linalg.norm(d, axis=1, keepdims=True)).T
+    values: dict[str, list[float]] = {}
+    for i, (patient, site) in enumerate(zip(queries.patients, query_sites)):
+        eligible = [j for j in np.argsort(-scores[i], kind="stable") if database.patients[j] != patient]
+        database_share = sum(db_sites[j] == site for j in eligible) / len(eligible)
+        hit_share = sum(db_sites[j] == site for j in eligible[:k]) / k
+        values.setdefault(site, []).append(hit_share / database_share)
+    every = [v for site_values in values.values() for v in site_values]
+    return float(np.mean(every)), {site: float(np.mean(v)) for site, v in values.items()}
+
+
+def test_site_mixing_in_the_json_and_the_table_matches_a_hand_computation(built, tmp_path):
+    json_path = tmp_path / "sites.json"
+    result = run_eval(built, "-k", "1,5", "--bootstrap", 50, "--json", json_path)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(json_path.read_text())
+    heldout = items(built, built.model_id, "slides").where("heldout")
+    sites = item_sites(built, "slides", "heldout")
+    overall, per_site = hand_site_mixing(heldout, sites, heldout, sites, 5)
+    mixing = payload["site_mixing"]
+    assert mixing["column"] == "site" and mixing["n_undefined"] == 0
+    assert mixing["overall"]["site_mixing@5"] == pytest.approx(overall, abs=1e-12)
+    assert sorted(mixing["per_site"]) == sorted(per_site)
+    for site, value in per_site.items():
+        assert mixing["per_site"][site]["site_mixing@5"] == pytest.approx(value, abs=1e-12)
+        assert mixing["per_site"][site]["n_queries"] == sites.count(site)
+    low, high = mixing["ci95"]["site_mixing@5"]
+    assert low <= overall <= high
+    baseline = items(built, built.baseline_id, "slides").where("heldout")
+    baseline_overall, _ = hand_site_mixing(baseline, sites, baseline, sites, 5)
+    assert payload["baseline_details"]["meanpool"]["site_mixing"]["overall"]["site_mixing@5"] == pytest.approx(
+        baseline_overall, abs=1e-12)
+    row = next(line for line in result.stdout.splitlines() if line.startswith("site_mixing@5 "))
+    assert f"{overall:.3f} [{low:.3f}, {high:.3f}]" in row and f"{baseline_overall:.3f}" in row
+    assert row.split()[-1] == "1.000"  # chance
+    assert "site mixing by query site (K = 5; 1.0 = no site preference):" in result.stdout
+
+
+def test_site_column_override_and_a_single_site_database(built, tmp_path):
+    """--site-column cohort: every held-out query's database is its own 'site', so every hit is
+    from it and so is every eligible item: site mixing is exactly 1."""
+    json_path = tmp_path / "cohort.json"
+    result = run_eval(built, "-k", "5", "--bootstrap", 0, "--site-column", "cohort", "--json", json_path)
+    assert result.exit_code == 0, result.output
+    mixing = json.loads(json_path.read_text())["site_mixing"]
+    assert mixing["column"] == "cohort" and list(mixing["per_site"]) == ["heldout"]
+    assert mixing["overall"]["site_mixing@5"] == 1.0 and mixing["per_site"]["heldout"]["database_share"] == 1.0
+
+
+def test_queries_from_sites_missing_from_the_database_are_left_out_of_site_mixing(built, tmp_path):
+    json_path = tmp_path / "cross.json"
+    result = run_eval(built, "-k", "5", "--bootstrap", 0, "--json", json_path, database=TRAIN)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(json_path.read_text())
+    assert payload["site_mixing"]["overall"]["site_mixing@5"] is None
+    assert payload["site_mixing"]["n_undefined"] == payload["n_queries"]
+    assert f"{payload['n_queries']} queries have no eligible database item of their own site" in result.stdout
+
+
+def test_worst_and_rare_classes_sit_beside_the_mean(built, tmp_path):
+    from threads_search.atlas.store import open_atlas
+
+    json_path = tmp_path / "classes.json"
+    result = run_eval(built, "-k", "5", "--bootstrap", 0, "--json", json_path)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(json_path.read_text())
+    per_class = payload["per_class"]
+    highlights = payload["class_highlights"]["mAP@5"]
+    lowest = sorted((c for c in per_class if per_class[c]["mAP@5"] is not None), key=lambda c: (per_class[c]["mAP@5"], c))
+    assert [e["class"] for e in highlights["worst"]] == lowest[:3]
+    with open_atlas(built.path, read_only=True) as atlas:
+        patients = dict(atlas.sql("SELECT subtype, count(DISTINCT patient_id) FROM items GROUP BY 1").fetchall())
+        (n_patients,) = atlas.sql("SELECT count(DISTINCT patient_id) FROM items").fetchone()
+    assert highlights["prevalence"] == {"n_patients": n_patients, "scope": "labelled atlas patients"}
+    assert [e["prevalence_patients"] for e in highlights["worst"]] == [patients[c] for c in lowest[:3]]
+    rare = sorted((c for c in patients if patients[c] <= 0.05 * n_patients), key=lambda c: (patients[c], c))
+    assert [e["class"] for e in highlights["rare"]] == rare
+    heldout = items(built, built.model_id, "slides").where("heldout")
+    for label in per_class:
+        assert per_class[label]["n_patients"] == len({p for p, s in zip(heldout.patients, heldout.subtypes) if s == label})
+    worst_line = next(line for line in result.stdout.splitlines() if line.startswith("worst classes by mAP@5: "))
+    assert worst_line.startswith(f"worst classes by mAP@5: {lowest[0]} {per_class[lowest[0]]['mAP@5']:.3f} (")
+    assert f"rare classes (<= 5% of {n_patients} labelled atlas patients): " in result.stdout
+
+
+def test_an_atlas_without_a_site_column_says_so_instead_of_failing(tmp_path, feature_folder):
+    from conftest import write_csv
+    from threads_search.atlas.store import open_atlas
+    from threads_search.atlas.stored_models import store_model
+    from threads_search.encoders.registry import create_model
+    from threads_search.jobs.embed import embed_atlas
+
+    rows = [[f"P{p}-S{s}", f"P{p}", ["luminal", "basal", "her2"][p]] for p in range(3) for s in range(2)]
+    metadata = write_csv(tmp_path / "slides.csv", ["slide_id", "patient_id", "subtype"], rows)
+    path = tmp_path / "atlas"
+    for args in (("init", path), ("ingest", "slides", path, feature_folder, "--metadata", metadata)):
+        assert cli(*args).exit_code == 0
+    with open_atlas(path) as atlas:
+        model_id = store_model(atlas, create_model("meanpool", in_dim=768, seed=0,
+                                                   patch_encoder=atlas.meta("patch_encoder")))
+        embed_atlas(atlas, model_id)
+    json_path = tmp_path / "e.json"
+    result = cli("eval", path, "--label", "subtype", "--queries", "TRUE", "--database", "TRUE", "-k", "1",
+                 "--bootstrap", 0, "--json", json_path)
+    assert result.exit_code == 0, result.output
+    assert "site mixing: no site column (none of site, center" in result.stdout
+    assert json.loads(json_path.read_text())["site_mixing"] is None
 
 
 def test_fewshot_writes_a_curve_whose_full_shot_prototype_matches_nearest_centroid(built, tmp_path):

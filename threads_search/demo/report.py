@@ -13,8 +13,10 @@ def evaluation_summary(payload: dict, k: int, json_path: Path, plots: list[Path]
     """The K-cutoff figures of one `AtlasEvaluation.to_json()` payload, per encoder.
 
     Returns {"trained": {"mAP@5": ...}, "meanpool": {...} | None, "chance": {...},
-    "ci95": {"mAP@5": [lo, hi], ...} (trained model), "per_class": {class: {...}}, counts,
-    files}. Chance is the evaluator's analytic chance level, copied unchanged.
+    "ci95": {"mAP@5": [lo, hi], ...} (trained model), "per_class": {class: {...}},
+    "class_highlights": the worst and rare classes by mAP@K (trained model), "site_mixing":
+    see `site_mixing_summary`, counts, files}. Chance is the evaluator's analytic chance
+    level, copied unchanged.
     """
     names = [f"{metric}@{k}" for metric in SUMMARY_METRICS]
     baselines = payload.get("baselines", {})
@@ -33,11 +35,35 @@ def evaluation_summary(payload: dict, k: int, json_path: Path, plots: list[Path]
         "chance": pick(baselines["chance"]),
         "ci95": {name: payload["ci95"].get(name) for name in names},
         "per_class": {label: {"n_queries": figures.get("n_queries"), "n_database": figures.get("n_database"),
-                              **{name: figures.get(name) for name in names}}
+                              "n_patients": figures.get("n_patients"), **{name: figures.get(name) for name in names}}
                       for label, figures in payload["per_class"].items()},
+        "class_highlights": payload["class_highlights"][f"mAP@{k}"],
+        "site_mixing": site_mixing_summary(payload, k),
         "notes": list(payload.get("notes", [])) + list(payload.get("warnings", [])),
         "json": str(json_path),
         "plots": [str(p) for p in plots],
+    }
+
+
+def site_mixing_summary(payload: dict, k: int) -> dict | None:
+    """Site mixing at K of the trained model (with its CI) and of mean pooling, overall and per
+    query site: {"column", "key", "trained", "ci95", "meanpool", "per_site": {site: {"trained",
+    "meanpool", "n_queries"}}, "n_undefined"}; None when the evaluation had no site column."""
+    trained = payload.get("site_mixing")
+    if trained is None:
+        return None
+    key = f"site_mixing@{k}"
+    meanpool = ((payload.get("baseline_details") or {}).get("meanpool") or {}).get("site_mixing")
+    return {
+        "column": trained["column"],
+        "key": key,
+        "trained": trained["overall"].get(key),
+        "ci95": trained["ci95"].get(key),
+        "meanpool": meanpool["overall"].get(key) if meanpool else None,
+        "per_site": {site: {"trained": figures.get(key), "n_queries": figures["n_queries"],
+                            "meanpool": (meanpool["per_site"].get(site) or {}).get(key) if meanpool else None}
+                     for site, figures in trained["per_site"].items()},
+        "n_undefined": trained["n_undefined"],
     }
 
 

@@ -36,14 +36,14 @@ class MetricTable:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (NaN -> null, intervals -> [lo, hi])."""
         table = {
-            "metrics": _clean(self.metrics),
-            "ci95": _clean(self.ci95),
-            "per_class": _clean(self.per_class),
-            "per_class_ci95": _clean(self.per_class_ci95),
-            "precision_at": _clean(list(self.precision_curve)),
+            "metrics": clean(self.metrics),
+            "ci95": clean(self.ci95),
+            "per_class": clean(self.per_class),
+            "per_class_ci95": clean(self.per_class_ci95),
+            "precision_at": clean(list(self.precision_curve)),
         }
         if self.per_group:
-            table["per_group"] = _clean(self.per_group)
+            table["per_group"] = clean(self.per_group)
         return table
 
 
@@ -58,6 +58,10 @@ class RetrievalReport:
     warnings: one-line notes a reader must see (classes that cannot be retrieved, overlap,
         short rankings). per_query: column -> (q,) array, one row per query, for tables.
     definitions: metric name -> one-line definition, copied into the JSON.
+    class_patient_counts: class -> distinct patients carrying it on either side.
+    prevalence: the population rare classes are measured in (`class_highlights.Prevalence`);
+        None = the patients on either side.
+    site_mixing: SiteMixing of the ranking, None when no sites were given.
     """
 
     name: str
@@ -73,12 +77,20 @@ class RetrievalReport:
     warnings: tuple[str, ...]
     definitions: dict[str, str]
     per_query: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    class_patient_counts: dict[str, int] = field(default_factory=dict)
+    prevalence: Any = None
+    site_mixing: Any = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The `eval --json` object of SPEC §5 plus chance, per-group tables and warnings."""
+        """The `eval --json` object of SPEC §5 plus chance, per-group tables, warnings, the
+        worst and rare classes per mAP@K (`class_highlights`) and `site_mixing` (null when no
+        site column was given)."""
+        from threads_search.evaluation.class_highlights import class_highlights
+
         model = self.model.to_dict()
         per_class = {
-            label: {**figures, "n_database": self.class_database_counts.get(label, 0)}
+            label: {**figures, "n_database": self.class_database_counts.get(label, 0),
+                    "n_patients": self.class_patient_counts.get(label, 0)}
             for label, figures in model["per_class"].items()
         }
         result: dict[str, Any] = {
@@ -97,6 +109,11 @@ class RetrievalReport:
             "n_bootstrap": self.n_bootstrap,
             "seed": self.seed,
             "warnings": list(self.warnings),
+            "class_highlights": {
+                f"mAP@{k}": class_highlights(per_class, f"mAP@{k}", self.prevalence) for k in self.ks
+            },
+            "prevalence": self.prevalence.to_dict() if self.prevalence is not None else None,
+            "site_mixing": None if self.site_mixing is None else self.site_mixing.to_dict(),
         }
         if "per_group" in model:
             result["per_group"] = model["per_group"]
@@ -113,12 +130,12 @@ class RetrievalReport:
         return write_bytes_atomic(path, (self.to_json() + "\n").encode("utf-8"))
 
 
-def _clean(value: Any) -> Any:
+def clean(value: Any) -> Any:
     """Recursively turn numpy scalars into Python numbers, tuples into lists, NaN into None."""
     if isinstance(value, dict):
-        return {str(key): _clean(item) for key, item in value.items()}
+        return {str(key): clean(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(item) for item in value]
+        return [clean(item) for item in value]
     if isinstance(value, (np.integer, int)) and not isinstance(value, bool):
         return int(value)
     if isinstance(value, (np.floating, float)):

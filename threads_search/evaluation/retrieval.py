@@ -23,9 +23,12 @@ from threads_search.evaluation._inputs import (
     encode_shared,
     l2_normalised,
 )
+from threads_search.evaluation.class_highlights import RARE_PATIENT_SHARE, Prevalence
 from threads_search.evaluation.metrics import METRICS, RankedQueries, precision_at_ranks
 from threads_search.evaluation.ranking import rank_database
 from threads_search.evaluation.report import RetrievalReport
+from threads_search.evaluation.site_mixing import DEFINITION as SITE_MIXING_DEFINITION
+from threads_search.evaluation.site_mixing import summarise_site_mixing
 from threads_search.evaluation.summary import summarise
 
 DEFINITIONS: dict[str, str] = {
@@ -36,7 +39,12 @@ DEFINITIONS: dict[str, str] = {
     "of the same eligible database for the same queries",
     "ci95": "percentile bootstrap 95% interval resampling query patients with replacement "
     "(widened, if needed, to contain the point estimate)",
-    "per_class": "metrics averaged over the queries of each label; n_database = items with it",
+    "per_class": "metrics averaged over the queries of each label; n_database = items with it; "
+    "n_patients = distinct patients with it on either side",
+    "class_highlights": "per mAP@K: the worst classes (lowest per-class figure) and the rare ones "
+    f"(carried by <= {RARE_PATIENT_SHARE:.0%} of the patients in `prevalence`: the atlas's patients "
+    "for `eval`, else the distinct patients on either side)",
+    "site_mixing@K": SITE_MIXING_DEFINITION,
 }
 
 
@@ -56,6 +64,10 @@ def evaluate_retrieval(
     db_ids: Sequence[Any] | None = None,
     name: str = "model",
     normalize: bool = True,
+    query_sites: Sequence[Any] | None = None,
+    db_sites: Sequence[Any] | None = None,
+    site_column: str = "site",
+    prevalence: Prevalence | None = None,
 ) -> RetrievalReport:
     """Rank the database for every query by cosine (or inner product) and report metrics.
 
@@ -64,6 +76,9 @@ def evaluate_retrieval(
     CIs (0 = none). extra_query_columns: name -> (q,) values (site, cohort ...) to break the
     metrics down by. query_ids / db_ids: item ids, used to count items present on both
     sides. normalize: L2-normalise both sides first (cosine); False ranks by raw inner product.
+    query_sites (q,) / db_sites (n,): site of each item (None = unknown), for the site-mixing
+    figure (`evaluation.site_mixing`); site_column names it in the report. prevalence: the
+    population rare classes are measured in (default: the patients on either side).
     """
     queries = as_vectors(query_vectors, "query_vectors")
     database = as_vectors(db_vectors, "db_vectors")
@@ -85,6 +100,10 @@ def evaluate_retrieval(
         query_ids=query_ids,
         db_ids=db_ids,
         name=name,
+        query_sites=query_sites,
+        db_sites=db_sites,
+        site_column=site_column,
+        prevalence=prevalence,
     )
 
 
@@ -102,9 +121,14 @@ def evaluate_ranking(
     query_ids: Sequence[Any] | None = None,
     db_ids: Sequence[Any] | None = None,
     name: str = "model",
+    query_sites: Sequence[Any] | None = None,
+    db_sites: Sequence[Any] | None = None,
+    site_column: str = "site",
+    prevalence: Prevalence | None = None,
 ) -> RetrievalReport:
     """Report metrics for a given ranking: ranked_indices (q, >= max K) database rows, best
-    first, -1 for padding, with no item of the query's own patient (checked)."""
+    first, -1 for padding, with no item of the query's own patient (checked). With
+    query_sites and db_sites (None = unknown site) the report carries site mixing too."""
     ranking = np.asarray(ranked_indices)
     if ranking.ndim != 2 or ranking.shape[0] == 0 or not np.issubdtype(ranking.dtype, np.integer):
         raise InputError(
@@ -112,7 +136,8 @@ def evaluate_ranking(
         )
     sides = _Sides.encode(len(ranking), query_labels, query_patients, db_labels, db_patients)
     cutoffs = as_cutoffs(ks, sides.n_database)
-    ranked = sides.ranked_queries(_checked_ranking(ranking, max(cutoffs), sides))
+    ranking = _checked_ranking(ranking, max(cutoffs), sides)
+    ranked = sides.ranked_queries(ranking)
     model_values = {m.key(k): m.per_query(ranked, k) for k in cutoffs for m in METRICS.values()}
     chance_values = {
         m.key(k): m.chance(ranked.query_labels, ranked.eligible_counts, k)
@@ -136,6 +161,13 @@ def evaluate_ranking(
     chance_precision = chance.expected_precision_at_ranks(
         ranked.query_labels, ranked.eligible_counts, max(cutoffs)
     )
+    mixing = None
+    if query_sites is not None or db_sites is not None:
+        if query_sites is None or db_sites is None:
+            raise InputError("query_sites and db_sites: give both site arrays or neither")
+        mixing = summarise_site_mixing(ranking, query_sites, db_sites, sides.query_patient_codes,
+                                       sides.db_patient_codes, sides.query_patients, cutoffs, n_bootstrap, seed,
+                                       site_column)
     return RetrievalReport(
         name=name,
         ks=cutoffs,
@@ -149,7 +181,11 @@ def evaluate_ranking(
         seed=seed,
         warnings=tuple(_warnings(ranked, sides, max(cutoffs), n_overlap)),
         definitions=dict(DEFINITIONS),
-        per_query=_per_query_table(query_ids, sides, groups, model_values, chance_values),
+        per_query={**_per_query_table(query_ids, sides, groups, model_values, chance_values),
+                   **(mixing.per_query if mixing is not None else {})},
+        class_patient_counts=sides.class_patient_counts(),
+        prevalence=prevalence or Prevalence(sides.class_patient_counts(), sides.n_patients(), "evaluated patients"),
+        site_mixing=mixing,
     )
 
 
@@ -208,6 +244,19 @@ class _Sides:
         """Database items per class (every class of either side)."""
         counts = np.bincount(self.db_codes, minlength=len(self.classes))
         return {label: int(count) for label, count in zip(self.classes, counts)}
+
+    def class_patient_counts(self) -> dict[str, int]:
+        """Distinct patients per class over both sides (every class of either side)."""
+        pairs = np.unique(np.column_stack([
+            np.concatenate([self.query_patient_codes, self.db_patient_codes]),
+            np.concatenate([self.query_codes, self.db_codes]),
+        ]), axis=0)
+        counts = np.bincount(pairs[:, 1], minlength=len(self.classes))
+        return {label: int(count) for label, count in zip(self.classes, counts)}
+
+    def n_patients(self) -> int:
+        """Distinct patients over both sides."""
+        return int(np.unique(np.concatenate([self.query_patient_codes, self.db_patient_codes])).size)
 
     def eligible_counts(self) -> np.ndarray:
         """(q, n_classes) int64: database items per class minus those of the query's patient."""

@@ -23,6 +23,8 @@ from threads_search.errors import InputError
 GROUP_COLUMNS = ("site", "cohort", "center", "centre")
 # Group value of an item whose site / cohort cell is empty (the evaluator refuses missing keys).
 MISSING_GROUP = "(none)"
+# Metadata columns read as the site for site mixing when `--site-column` is not given: the first present.
+SITE_COLUMNS = ("site", "center", "centre", "site_id", "tissue_source_site", "institution", "hospital")
 
 
 @dataclass
@@ -31,6 +33,8 @@ class Selection:
 
     vids (n,) int64; item_ids, labels, patients: n str each; groups: column -> n str
     (site, cohort ... values, MISSING_GROUP where empty); vectors (n, dim) float32.
+    site_column: the column read as the site (None: none); site_values: its n values, None
+    where empty.
     """
 
     modality: str
@@ -40,10 +44,14 @@ class Selection:
     patients: list[str]
     groups: dict[str, list[str]]
     vectors: np.ndarray
+    site_column: str | None = None
+    site_values: list[str | None] | None = None
 
     @property
     def sites(self) -> list[str] | None:
-        """Values of the first group column (site before cohort), or None without one."""
+        """Values of the site column, else of the first group column (cohort), or None without one."""
+        if self.site_column is not None:
+            return self.groups[self.site_column]
         return next(iter(self.groups.values()), None)
 
     @property
@@ -67,6 +75,7 @@ class AtlasEvaluation:
     selection: dict = field(default_factory=dict)  # label and the two SQL expressions
     regions: object | None = None  # RetrievalReport of region votes (`eval --by regions`)
     regions_method: dict | None = None
+    prevalence: object | None = None  # class_highlights.Prevalence: the atlas's patients per label value
 
     @property
     def overlap_patients(self) -> int:
@@ -85,13 +94,13 @@ class AtlasEvaluation:
         if self.baseline is not None:
             baseline = self.baseline.to_dict()
             payload["baselines"]["meanpool"] = baseline["metrics"]
-            details = ("ci95", "per_class", "precision_at")
+            details = ("ci95", "per_class", "precision_at", "class_highlights", "site_mixing")
             payload["baseline_details"] = {"meanpool": {key: baseline[key] for key in details}}
         if self.regions is not None:
             regions = self.regions.to_dict()
             payload["baselines"]["region_votes"] = regions["metrics"]
             payload.setdefault("baseline_details", {})["region_votes"] = {
-                key: regions[key] for key in ("ci95", "per_class", "precision_at")}
+                key: regions[key] for key in ("ci95", "per_class", "precision_at", "class_highlights", "site_mixing")}
             payload["region_votes"] = self.regions_method
         payload["notes"] = list(self.notes)
         return payload
@@ -108,6 +117,28 @@ def _check_label(atlas: Atlas, label: str) -> None:
         raise InputError(f"--label {label}: no such metadata column (columns: {', '.join(columns) or 'none'})")
 
 
+def site_column_of(atlas: Atlas, requested: str | None) -> str | None:
+    """The metadata column read as the site: `requested` (checked), else the first of SITE_COLUMNS
+    present, else None (the report then says site mixing has no site column)."""
+    columns = atlas.metadata_columns()
+    if requested is not None:
+        if requested not in columns:
+            raise InputError(f"--site-column {requested}: no such metadata column "
+                             f"(columns: {', '.join(columns) or 'none'})")
+        return requested
+    return next((column for column in SITE_COLUMNS if column in columns), None)
+
+
+def atlas_prevalence(atlas: Atlas, label: str):
+    """Distinct patients per `label` value over every item of the atlas (any modality): the
+    population "rare" classes are measured in (`evaluation.class_highlights`)."""
+    from threads_search.atlas.items import patients_per_value
+    from threads_search.evaluation.class_highlights import Prevalence
+
+    counts, n_patients = patients_per_value(atlas, label)
+    return Prevalence(counts, n_patients, "labelled atlas patients")
+
+
 def _cutoffs(ks) -> tuple[int, ...]:
     """K values as a sorted tuple (one int is accepted); the evaluator checks their values."""
     values = (ks,) if isinstance(ks, (int, np.integer)) else tuple(ks)
@@ -117,15 +148,18 @@ def _cutoffs(ks) -> tuple[int, ...]:
 
 
 def select(atlas: Atlas, model_id: str, modality: str, label: str, sql: str | None, option: str,
-           notes: list[str]) -> Selection:
+           notes: list[str], site_column: str | None = None) -> Selection:
     """Items of `modality` matching `sql` that carry a label and are embedded with the model.
 
     Items without a label (NULL or blank) or without an embedding are left out with a note;
-    an empty result is an InputError naming `option`.
+    an empty result is an InputError naming `option`. `site_column` (a metadata column) is
+    read as the site and is one of the group columns.
     """
     where = check_where(atlas, sql, option)
     columns = set(atlas.metadata_columns())
     group_columns = [c for c in GROUP_COLUMNS if c in columns]
+    if site_column is not None and site_column not in group_columns:
+        group_columns.insert(0, site_column)
     table = item_table(atlas, modality, atlas.filter_vids(where, modality), [label, *group_columns])
     rows = [(int(vid), item, table.values[label][i], patient, *(table.values[c][i] for c in group_columns))
             for i, (vid, item, patient) in enumerate(zip(table.vids, table.item_ids, table.patient_ids))]
@@ -150,8 +184,12 @@ def select(atlas: Atlas, model_id: str, modality: str, label: str, sql: str | No
     chosen = [by_vid[int(v)] for v in ids]
     groups = {column: [r[4 + i] if r[4 + i] is not None else MISSING_GROUP for r in chosen]
               for i, column in enumerate(group_columns)}
+    site_values = None
+    if site_column is not None:
+        position = 4 + group_columns.index(site_column)
+        site_values = [r[position] if r[position] is not None and str(r[position]).strip() else None for r in chosen]
     return Selection(modality, ids, [r[1] for r in chosen], [r[2] for r in chosen], [r[3] for r in chosen],
-                     groups, vectors)
+                     groups, vectors, site_column, site_values)
 
 
 def _same_items(atlas: Atlas, model_id: str, selection: Selection) -> Selection | None:
@@ -162,17 +200,25 @@ def _same_items(atlas: Atlas, model_id: str, selection: Selection) -> Selection 
     return dataclasses.replace(selection, vectors=vectors)
 
 
-def _evaluate(queries: Selection, database: Selection, ks, n_bootstrap: int, seed: int, name: str):
+def site_arguments(queries: Selection, database: Selection) -> dict:
+    """The evaluator's site-mixing keywords for two selections ({} without a site column)."""
+    if queries.site_column is None:
+        return {}
+    return {"query_sites": queries.site_values, "db_sites": database.site_values, "site_column": queries.site_column}
+
+
+def _evaluate(queries: Selection, database: Selection, ks, n_bootstrap: int, seed: int, name: str, prevalence):
     from threads_search.evaluation import evaluate_retrieval
 
     return evaluate_retrieval(queries.vectors, queries.labels, queries.patients, database.vectors, database.labels,
                               database.patients, ks=ks, n_bootstrap=n_bootstrap, seed=seed,
                               extra_query_columns=queries.groups or None, query_ids=queries.keys,
-                              db_ids=database.keys, name=name)
+                              db_ids=database.keys, name=name, prevalence=prevalence,
+                              **site_arguments(queries, database))
 
 
 def _baseline_report(atlas: Atlas, model_id: str, queries: Selection, database: Selection, ks, n_bootstrap: int,
-                     seed: int, notes: list[str]):
+                     seed: int, notes: list[str], prevalence):
     """(baseline model id, its RetrievalReport on the same items), or (None, None) with a note."""
     baseline_id = baseline_model_id(atlas)
     if baseline_id is None:
@@ -191,14 +237,15 @@ def _baseline_report(atlas: Atlas, model_id: str, queries: Selection, database: 
     if queries.modality != database.modality:
         notes.append("mean pooling has no shared slide/profile space: "
                      "its cross-modal figures are an untrained reference")
-    return baseline_id, _evaluate(base_queries, base_database, ks, n_bootstrap, seed, "mean pooling")
+    return baseline_id, _evaluate(base_queries, base_database, ks, n_bootstrap, seed, "mean pooling", prevalence)
 
 
 def evaluate_atlas(atlas: Atlas, label: str, queries_sql: str | None, database_sql: str | None,
                    query_modality: str = "slides", target: str = "slides", ks=(1, 5, 10), n_bootstrap: int = 1000,
-                   seed: int = 0, model_id: str | None = None) -> AtlasEvaluation:
+                   seed: int = 0, model_id: str | None = None, site_column: str | None = None) -> AtlasEvaluation:
     """Retrieval metrics (SPEC §7) of a model, and of mean pooling on the same items, with
-    patient-bootstrap CIs and the exact chance level.
+    patient-bootstrap CIs, the exact chance level, and site mixing (SPEC §13) over
+    `site_column` (default: the first of SITE_COLUMNS the metadata has; none -> a note).
 
     Relevant = same `label` value; items of a query's own patient are never ranked for it.
     Items selected on both sides stay on both sides (reported as overlap). Region votes of the
@@ -212,17 +259,20 @@ def evaluate_atlas(atlas: Atlas, label: str, queries_sql: str | None, database_s
     cutoffs = _cutoffs(ks)
     model_id = resolve_model_id(atlas, model_id)
     notes: list[str] = []
-    queries = select(atlas, model_id, query_modality, label, queries_sql, "--queries", notes)
-    database = select(atlas, model_id, target, label, database_sql, "--database", notes)
+    site_column = site_column_of(atlas, site_column)
+    queries = select(atlas, model_id, query_modality, label, queries_sql, "--queries", notes, site_column)
+    database = select(atlas, model_id, target, label, database_sql, "--database", notes, site_column)
     if max(cutoffs) > len(database.vids):
         raise InputError(f"-k {max(cutoffs)}: larger than the database ({len(database.vids)} {target} "
                          f"selected by --database)")
     recipe = model_recipe(atlas, model_id)
-    report = _evaluate(queries, database, cutoffs, n_bootstrap, seed, f"{recipe} {model_id[:8]}")
-    baseline_id, baseline = _baseline_report(atlas, model_id, queries, database, cutoffs, n_bootstrap, seed, notes)
+    prevalence = atlas_prevalence(atlas, label)
+    report = _evaluate(queries, database, cutoffs, n_bootstrap, seed, f"{recipe} {model_id[:8]}", prevalence)
+    baseline_id, baseline = _baseline_report(atlas, model_id, queries, database, cutoffs, n_bootstrap, seed, notes,
+                                             prevalence)
     evaluation = AtlasEvaluation(model_id, report, baseline, queries, database, notes, baseline_id,
                                  {"label": label, "queries": queries_sql.text if queries_sql else None,
-                                  "database": database_sql.text if database_sql else None})
+                                  "database": database_sql.text if database_sql else None}, prevalence=prevalence)
     if evaluation.overlap_patients:
         notes.append(f"{evaluation.overlap_patients} of the {len(set(queries.patients))} query patients also have "
                      "database items; those are never ranked for their own patient's queries")

@@ -111,7 +111,9 @@ def open_index(atlas: Atlas, model_id: str, modality: str, device: str = "auto")
 
     stem = index_location(atlas, model_id, modality)
     if stem is None:
-        raise AtlasError(f"no {modality} index for model {model_id}; run `threads-search index {atlas.root} --model {model_id}`")
+        from threads_search.atlas.search_default import missing_index_error
+
+        raise missing_index_error(atlas, model_id, modality)
     # Index files never change once recorded: an opened atlas loads each once (mapped, for readers).
     loaded = atlas.cached_file(("index", stem, device),
                                lambda: load_index(atlas.path(stem), device=device, mmap=atlas.read_only))

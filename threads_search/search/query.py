@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from threads_search.atlas.items import find_item, item_metadata, patient_vids
+from threads_search.atlas.search_default import resolve_search_model
 from threads_search.atlas.schema import MODALITIES, PROFILE_MODALITIES
 from threads_search.atlas.store import Atlas
 from threads_search.atlas.stored_models import load_atlas_model, resolve_model_id
@@ -81,6 +82,7 @@ class SearchResult:
     hits: list[dict]
     label: str | None
     notes: list[str]
+    searched_with: str | None = None  # 'searching with model ... (recipe, slides index built ...)'
 
     def majority(self) -> str | None:
         """'4 of 5 top hits: subtype S3' over the label column."""
@@ -324,13 +326,17 @@ def search_many(atlas: Atlas, queries: list[Query], options: SearchOptions, inde
     if options.k < 1:
         raise InputError(f"-k {options.k}: must be at least 1")
     where = check_where(atlas, options.where)
-    model_id = resolve_model_id(atlas, options.model_id)
     label = default_label(atlas, options.label)
+    searched_with = None
     if index is None:
+        chosen = resolve_search_model(atlas, options.model_id or prototype_model(atlas, queries), options.target)
+        model_id, searched_with = chosen.model_id, chosen.describe(atlas)
         index = open_index(atlas, model_id, options.target, options.device)
-    elif (index.model_id, index.modality) != (model_id, options.target):
-        raise InputError(f"the given index holds {index.modality} of model {index.model_id}, "
-                         f"not {options.target} of model {model_id}")
+    else:
+        model_id = resolve_model_id(atlas, options.model_id) if options.model_id else index.model_id
+        if (index.model_id, index.modality) != (model_id, options.target):
+            raise InputError(f"the given index holds {index.modality} of model {index.model_id}, "
+                             f"not {options.target} of model {model_id}")
     model = _LazyModel(atlas, model_id)
     resolved = [resolve_query(atlas, model, query) for query in queries]
     allowed = allowed_filter(atlas, options, where)
@@ -360,8 +366,17 @@ def search_many(atlas: Atlas, queries: list[Query], options: SearchOptions, inde
             query_info["facets"] = options.facets
         if options.one_per_patient:
             query_info["one_per_patient"] = True
-        results.append(SearchResult(query=query_info, hits=hits, label=label, notes=notes))
+        results.append(SearchResult(query=query_info, hits=hits, label=label, notes=notes, searched_with=searched_with))
     return results
+
+
+def prototype_model(atlas: Atlas, queries: list[Query]) -> str | None:
+    """The model a prototype query's set was built with (its space), None for other queries."""
+    from threads_search.search.prototypes import load_prototypes
+
+    if not queries or queries[0].prototype is None:
+        return None
+    return load_prototypes(atlas, queries[0].prototype.partition(":")[0]).model_id
 
 
 def allowed_filter(atlas: Atlas, options: SearchOptions, where):

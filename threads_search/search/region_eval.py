@@ -76,11 +76,11 @@ def region_vote_ranking(atlas: Atlas, query_vids: np.ndarray, query_patients: li
 
 
 def evaluate_by_regions(atlas: Atlas, queries, database, ks, n_bootstrap: int, seed: int, notes: list[str],
-                        votes_per_patch: int | None = None):
+                        votes_per_patch: int | None = None, prevalence=None):
     """RetrievalReport of region-vote retrieval for two `jobs.evaluate.Selection`s (slides),
     and the method's description."""
     from threads_search.evaluation import evaluate_ranking
-
+    from threads_search.jobs.evaluate import site_arguments
     from threads_search.search.regions import DEFAULT_VOTES_PER_PATCH
 
     votes_per_patch = votes_per_patch or DEFAULT_VOTES_PER_PATCH
@@ -90,7 +90,8 @@ def evaluate_by_regions(atlas: Atlas, queries, database, ks, n_bootstrap: int, s
                                                 votes_per_patch, notes)
     report = evaluate_ranking(ranking, queries.labels, queries.patients, database.labels, database.patients, ks=ks,
                               n_bootstrap=n_bootstrap, seed=seed, extra_query_columns=queries.groups or None,
-                              query_ids=queries.keys, db_ids=database.keys, name="region votes")
+                              query_ids=queries.keys, db_ids=database.keys, name="region votes",
+                              prevalence=prevalence, **site_arguments(queries, database))
     return report, description
 
 
@@ -99,5 +100,6 @@ def add_region_votes(atlas: Atlas, evaluation, ks, n_bootstrap: int, seed: int):
     from threads_search.jobs.evaluate import _cutoffs
 
     evaluation.regions, evaluation.regions_method = evaluate_by_regions(
-        atlas, evaluation.queries, evaluation.database, _cutoffs(ks), n_bootstrap, seed, evaluation.notes)
+        atlas, evaluation.queries, evaluation.database, _cutoffs(ks), n_bootstrap, seed, evaluation.notes,
+        prevalence=evaluation.prevalence)
     return evaluation

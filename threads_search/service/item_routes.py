@@ -17,14 +17,14 @@ MAX_REPORT_BYTES = 32 * 2**20
 def _summary(atlas) -> dict:
     from threads_search.atlas.facets import facet_columns
     from threads_search.atlas.info import atlas_info
-    from threads_search.atlas.stored_models import resolve_model_id
+    from threads_search.atlas.search_default import resolve_search_model
     from threads_search.errors import AtlasError
     from threads_search.search.prototypes import load_prototypes
     from threads_search.search.query import default_label
 
     info = atlas_info(atlas)
-    try:
-        default_model = resolve_model_id(atlas)
+    try:  # the model a search without `model` uses
+        default_model = resolve_search_model(atlas, None, "slides").model_id
     except AtlasError:
         default_model = None
     prototypes = []

@@ -50,9 +50,15 @@ def search_payload(atlas: Atlas, generation: Generation, query, options, upload_
 
     index = None
     if index_source is not None:
-        from threads_search.atlas.stored_models import resolve_model_id
+        from dataclasses import replace
 
-        index = index_source(atlas, resolve_model_id(atlas, options.model_id), options.target)
+        from threads_search.atlas.search_default import resolve_search_model
+        from threads_search.search.query import prototype_model
+
+        chosen = resolve_search_model(atlas, options.model_id or prototype_model(atlas, [query]), options.target,
+                                      sharded=True)
+        options = replace(options, model_id=chosen.model_id)
+        index = index_source(atlas, chosen.model_id, options.target)
     result = search_atlas(atlas, query, options, index)
     payload = _with_images(atlas, generation, result.to_json(), options.target)
     if upload_name is not None:
