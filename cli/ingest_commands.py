@@ -27,6 +27,8 @@ def slides(atlas: Path = typer.Argument(..., help="Atlas folder."),
            replace: bool = _REPLACE, strict: bool = _STRICT,
            wsi_dir: Path = typer.Option(None, "--wsi-dir", help="Folder of raw slides (searched recursively), paired "
                                         "with the features by slide id / file stem, so `serve` can show them."),
+           encoder: str = typer.Option(None, "--encoder", help="Patch encoder of files that name none (CLAM), e.g. "
+                                       "uni_v1; recorded, and files that name another are refused."),
            quiet: bool = QUIET) -> None:
     """Ingest patch-feature files (one per slide; slide id = file stem)."""
     from threads_search.atlas.store import open_atlas
@@ -34,7 +36,7 @@ def slides(atlas: Path = typer.Argument(..., help="Atlas folder."),
 
     with open_atlas(atlas) as opened, progress_bar("checking feature files", quiet) as progress:
         report = ingest_slides(opened, features, metadata, copy=copy, replace=replace, strict=strict, progress=progress,
-                               wsi_dir=wsi_dir)
+                               wsi_dir=wsi_dir, encoder=encoder)
     _summarise(report, "slides")
 
 

@@ -62,13 +62,18 @@ def resolve_embed_model(atlas: Atlas, model: str | None = None, weights=None) ->
     With `weights`, MODEL names a published encoder (feather, chief, ...): it is loaded from the
     local file in its published layout for the atlas's patch features and stored as a frozen model
     (idempotent: the same file gives the same id). Without, a published name picks the newest
-    stored model of that recipe (see resolve_model_id); anything else is a model id or prefix.
+    stored model of that recipe (see resolve_model_id); `meanpool` is registered on first use (no
+    training, no profiles); anything else is a model id or prefix.
     """
     from pathlib import Path
 
+    from threads_search.encoders.patch.names import same_patch_encoder
     from threads_search.encoders.published import load_published, published_recipes
+    from threads_search.jobs.builtin_models import BUILTIN_SLIDE_MODELS, ensure_builtin_model
 
     published = published_recipes()
+    if weights is None and model in BUILTIN_SLIDE_MODELS:
+        return ensure_builtin_model(atlas, model)
     if weights is None:
         if model in published and all(recipe != model for _, recipe in list_models(atlas)):
             load_published(model, None)  # raises: weights not released, or --weights needed
@@ -82,7 +87,9 @@ def resolve_embed_model(atlas: Atlas, model: str | None = None, weights=None) ->
     loaded = load_published(model, Path(weights), int(feature_dim) if feature_dim else None, patch_encoder)
     notes = []
     expected = getattr(getattr(loaded, "layout", None), "patch_encoders", "")
-    if patch_encoder and expected and patch_encoder not in expected:
+    # `expected` reads like "conch_v15 (768-d) or uni_v2 (1536-d)": its first word per alternative
+    if patch_encoder and expected and not any(same_patch_encoder(patch_encoder, option.split()[0])
+                                              for option in expected.split(" or ") if option.split()):
         notes.append(f"{model}'s published weights were trained on {expected} features; the atlas holds "
                      f"'{patch_encoder}' features (embeddings are computed, but may mean little)")
     # a file's sha256, or a snapshot folder's fingerprint (hf_slide)

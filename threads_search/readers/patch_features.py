@@ -102,6 +102,14 @@ def _validate_shape(path: Path, shape: tuple, dtype) -> tuple[int, int]:
     return n_patches, dim
 
 
+def _refuse_slide_embedding(path: Path, shape: tuple, has_coords: bool) -> None:
+    """A (D,) or coordinate-less (1, D) `features` is one slide's pooled embedding (TRIDENT
+    `slide_features_*`, Patho-Bench), not a bag of patches: mixing it with bags would be wrong."""
+    if len(shape) == 1 or (len(shape) == 2 and shape[0] == 1 and not has_coords):
+        raise InputError(f"{path}: dataset 'features' has shape {tuple(shape)}, a slide embedding rather than patch "
+                         f"features; use `threads-search ingest slide-embeddings ATLAS FILES --encoder NAME`")
+
+
 def _check_size_claim(path: Path, dataset) -> None:
     """Refuse a dataset whose declared shape its file cannot hold (a 6 KB file claiming 10^6 patches)."""
     shape = tuple(int(s) for s in dataset.shape)
@@ -131,6 +139,7 @@ def _inspect_h5(path: Path) -> dict:
         _check_size_claim(path, features)
         if features.ndim == 3 and features.shape[0] == 1:  # some CLAM forks store (1, N, D)
             features = features[0]
+        _refuse_slide_embedding(path, features.shape, "coords" in handle)
         try:
             n_patches, dim = _validate_shape(path, features.shape, features.dtype)
             _check_finite(path, features, n_patches)
@@ -165,6 +174,7 @@ def _load_pt(path: Path):
 
 def _inspect_pt(path: Path) -> dict:
     features = _load_pt(path)
+    _refuse_slide_embedding(path, features.shape, False)
     n_patches, dim = _validate_shape(path, features.shape, features.dtype)
     _check_finite(path, features, n_patches)
     return {"n_patches": n_patches, "dim": dim, "dtype": str(features.dtype), "attrs": {}, "file_format": "pt"}
