@@ -70,3 +70,22 @@ def mutations(atlas: Path = typer.Argument(..., help="Atlas folder."),
     with open_atlas(atlas) as opened:
         report = ingest_mutations(opened, files, metadata, replace=replace, strict=strict)
     _summarise(report, "mutation profiles")
+
+
+def slide_embeddings(atlas: Path = typer.Argument(..., help="Atlas folder."),
+                     files: list[str] = typer.Argument(..., help="TRIDENT slide_features_<enc>/*.h5, Patho-Bench pooled "
+                                                          ".h5 ((D,) or (1, D)), one .npy (with --ids) or Parquet files, folders or globs."),
+                     encoder: str = typer.Option(..., "--encoder", help="The slide encoder that made them (titan, feather, "
+                                                 "chief, prism ...): one frozen model per name and dimension."),
+                     metadata: Path = _METADATA,
+                     ids: Path = typer.Option(None, "--ids", help="For a .npy file: its slide ids, one per line in row order."),
+                     patch_encoder: str = typer.Option(None, "--patch-encoder", help="Patch features they were computed "
+                                                       "from (recorded, e.g. conch_v15)."),
+                     strict: bool = _STRICT, quiet: bool = QUIET) -> None:
+    """Ingest precomputed slide embeddings as a frozen model (no training; unknown ids become slides)."""
+    from threads_search.atlas.store import open_atlas
+    from threads_search.ingest.slide_embeddings import ingest_slide_embeddings
+
+    with open_atlas(atlas) as opened:
+        report, model_id = ingest_slide_embeddings(opened, files, encoder, metadata, ids, patch_encoder, strict)
+    _summarise(report, f"slide embeddings ({encoder}, model {model_id})")

@@ -55,7 +55,9 @@ def atlas_info(atlas: Atlas) -> dict:
         },
         "profiles": batch_summaries(atlas),
         "metadata": {column: column_summary(atlas, column, MAX_LEVELS_SHOWN) for column in atlas.metadata_columns()},
-        "models": [{k: v for k, v in m.items() if k != "provenance"} for m in model_summaries(atlas)],
+        "models": [{**{k: v for k, v in m.items() if k != "provenance"},
+                    **({"encoder": m["provenance"].get("encoder")} if m["recipe"] == "precomputed" else {})}
+                   for m in model_summaries(atlas)],
         "embeddings": embedding_summaries(atlas),
         "indexes": index_summaries(atlas),
         "index_shards": shard_summaries(atlas),

@@ -60,6 +60,9 @@ def slide_record(atlas: Atlas, slide_id: str) -> AtlasSlide:
     """One slide by id; an unknown id is a one-line InputError."""
     row = atlas.sql(_SELECT + " WHERE s.slide_id = ?", [slide_id]).fetchone()
     if row is None:
+        if atlas.sql("SELECT 1 FROM items WHERE modality = 'slides' AND item_id = ?", [slide_id]).fetchone():
+            raise InputError(f"slide '{slide_id}' has no patch features in {atlas.root} (only precomputed slide "
+                             f"embeddings); use a model that holds its embedding, or ingest its features")
         raise InputError(f"unknown slide id '{slide_id}' (not in {atlas.root})")
     return _record(atlas, row)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from threads_search.atlas import layout
-from threads_search.atlas.items import upsert_items
+from threads_search.atlas.items import pair_items, upsert_items, vid_by_item
 from threads_search.atlas.metadata import apply_metadata, metadata_changes
 from threads_search.atlas.slides import slide_fingerprints, write_slides
 from threads_search.atlas.store import Atlas
@@ -138,8 +138,12 @@ def ingest_slides(atlas: Atlas, feature_paths: list[str | os.PathLike], metadata
                     copied.append(atlas.path(stored_paths[-1]))
             write_slides(atlas, to_write, stored_paths, copy)
             record_slide_images(atlas, images)
-            upsert_items(atlas, "slides", [i.slide_id for i in to_write], [patient_of.get(i.slide_id) for i in to_write],
-                         [sample_of.get(i.slide_id) for i in to_write])
+            # Slides known by precomputed embeddings only keep their vid (and so those embeddings).
+            embedding_only = set(vid_by_item(atlas, "slides")) - set(existing)
+            for write, group in ((upsert_items, [i for i in to_write if i.slide_id not in embedding_only]),
+                                 (pair_items, [i for i in to_write if i.slide_id in embedding_only])):
+                write(atlas, "slides", [i.slide_id for i in group], [patient_of.get(i.slide_id) for i in group],
+                      [sample_of.get(i.slide_id) for i in group])
             if infos:
                 if not atlas.meta("feature_dim"):
                     atlas.set_meta("feature_dim", str(infos[0].feature_dim))

@@ -17,7 +17,7 @@ from threads_search.atlas.profiles import load_profiles
 from threads_search.atlas.schema import MODALITIES, PROFILE_MODALITIES
 from threads_search.atlas.slides import AtlasSlide, encode_atlas_slide, slide_records
 from threads_search.atlas.store import Atlas
-from threads_search.atlas.stored_models import list_models, load_atlas_model, resolve_model_id, store_model
+from threads_search.atlas.stored_models import load_atlas_model, models_named, resolve_model_id, store_model
 
 SLIDES_PER_PART = 64
 Progress = Callable[[int, int, str], None]
@@ -75,7 +75,7 @@ def resolve_embed_model(atlas: Atlas, model: str | None = None, weights=None) ->
     if weights is None and model in BUILTIN_SLIDE_MODELS:
         return ensure_builtin_model(atlas, model)
     if weights is None:
-        if model in published and all(recipe != model for _, recipe in list_models(atlas)):
+        if model in published and not models_named(atlas, model):
             load_published(model, None)  # raises: weights not released, or --weights needed
         return resolve_model_id(atlas, model), []
     if model not in published:
@@ -108,6 +108,11 @@ def _embed_slides(atlas: Atlas, model, model_id: str, report: EmbedReport, progr
     frozen = getattr(model, "frozen_slide_model_id", None)
     if frozen and todo:
         todo = _copy_frozen_slides(atlas, frozen, model_id, todo, report)
+    if getattr(model, "precomputed", False):  # its vectors come in with `ingest slide-embeddings` only
+        if todo:
+            report.notes.append(f"slides: {len(todo)} have no '{model.name}' embedding and cannot be computed here; "
+                                f"add them with `threads-search ingest slide-embeddings --encoder {model.name}`")
+        todo = []
     embedded = 0
     if todo:
         model.check_features(int(atlas.meta("feature_dim")), atlas.meta("patch_encoder"))
