@@ -43,6 +43,20 @@ def store_models(atlas: Atlas, models: list[tuple[object, dict | None]]) -> list
     return identifiers
 
 
+def record_model_files(atlas: Atlas, model_id: str, recipe: str, provenance: dict, files: list[dict]) -> None:
+    """Record a saved model (inside the caller's transaction) whose provenance lists the files it
+    was made from ({file, fingerprint, ...}); files already listed are not repeated, and a model
+    recorded before keeps its creation time."""
+    row = atlas.sql("SELECT config, created_at FROM models WHERE model_id = ?", [model_id]).fetchone()
+    previous = json.loads(row[0]) if row else {}
+    listed = previous.get("files", [])
+    seen = {(f["file"], f["fingerprint"]) for f in listed}
+    merged = {**provenance, "files": listed + [f for f in files if (f["file"], f["fingerprint"]) not in seen]}
+    atlas.sql("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?)",
+              [model_id, recipe, layout.model_folder(model_id), json.dumps(merged, sort_keys=True),
+               row[1] if row else utc_now()])
+
+
 def is_frozen_recipe(recipe: str) -> bool:
     """A baseline or published encoder (not a model trained in this atlas); unknown recipes count as trained."""
     from threads_search.encoders.registry import get_model_spec

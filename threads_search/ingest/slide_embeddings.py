@@ -13,7 +13,6 @@ atlas as it was, and a re-run of the same files changes nothing.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Callable
@@ -23,9 +22,10 @@ import numpy as np
 
 from threads_search.atlas import layout
 from threads_search.atlas.embeddings import add_part, embedded_vids, load_embeddings
-from threads_search.atlas.items import default_patient_id, vid_by_item
+from threads_search.atlas.items import insert_new_items, vid_by_item
 from threads_search.atlas.metadata import apply_metadata
-from threads_search.atlas.store import Atlas, utc_now
+from threads_search.atlas.store import Atlas
+from threads_search.atlas.stored_models import record_model_files
 from threads_search.encoders.model import l2_normalise
 from threads_search.encoders.patch.names import canonical_patch_encoder
 from threads_search.errors import InputError
@@ -50,15 +50,6 @@ def precomputed_model(encoder: str, dim: int, patch_encoder: str | None):
     from threads_search.encoders.registry import create_model
 
     return create_model("precomputed", encoder=encoder, out_dim=int(dim), patch_encoder=patch_encoder or "")
-
-
-def _provenance(atlas: Atlas, model_id: str, encoder: str, dim: int, files: list[dict]) -> dict:
-    row = atlas.sql("SELECT config FROM models WHERE model_id = ?", [model_id]).fetchone()
-    provenance = json.loads(row[0]) if row else {"precomputed": True, "encoder": encoder, "dim": dim,
-                                                 "normalised": "L2", "files": []}
-    known = {(f["file"], f["fingerprint"]) for f in provenance.get("files", [])}
-    provenance["files"] = provenance.get("files", []) + [f for f in files if (f["file"], f["fingerprint"]) not in known]
-    return provenance
 
 
 def ingest_slide_embeddings(atlas: Atlas, paths: list[str | os.PathLike], encoder: str,
@@ -123,13 +114,11 @@ def _write(atlas: Atlas, model, model_id: str, encoder: str, embeddings, vectors
     try:
         with atlas.transaction():
             if new_ids:
-                _insert_slide_items(atlas, new_ids, patient_of)
+                insert_new_items(atlas, "slides", new_ids, [patient_of.get(i) for i in new_ids])
             if metadata is not None:
                 report.metadata_rows_matched = apply_metadata(atlas, metadata, "slides")
-            provenance = _provenance(atlas, model_id, encoder, embeddings.dim, embeddings.files)
-            atlas.sql("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, coalesce((SELECT created_at FROM models "
-                      "WHERE model_id = ?), ?))", [model_id, model.recipe, layout.model_folder(model_id),
-                                                  json.dumps(provenance, sort_keys=True), model_id, utc_now()])
+            record_model_files(atlas, model_id, model.recipe, {"precomputed": True, "encoder": encoder,
+                                                                "dim": embeddings.dim, "normalised": "L2"}, embeddings.files)
             if fresh:
                 vid_of = vid_by_item(atlas, "slides")
                 vids = np.array([vid_of[embeddings.slide_ids[k]] for k in fresh], np.int64)
@@ -140,14 +129,3 @@ def _write(atlas: Atlas, model, model_id: str, encoder: str, embeddings, vectors
         if created_folder:
             shutil.rmtree(folder, ignore_errors=True)
         raise
-
-
-def _insert_slide_items(atlas: Atlas, slide_ids: list[str], patient_of: dict[str, str]) -> None:
-    """New slide items (no feature file): a vid each, the patient from the metadata or the id."""
-    import pyarrow as pa
-
-    incoming = pa.table({"item_id": pa.array(slide_ids, pa.string()),
-                         "patient_id": pa.array([patient_of.get(s) or default_patient_id(s) for s in slide_ids], pa.string())})
-    with atlas.registered("incoming_slide_items", incoming):
-        atlas.sql("""INSERT INTO items (vid, modality, item_id, patient_id)
-                     SELECT nextval('vid_sequence'), 'slides', item_id, patient_id FROM incoming_slide_items""")
