@@ -293,3 +293,30 @@ def test_slide_embedding_among_patch_bags_is_refused(tmp_path, rng):
     assert result.exit_code != 0
     assert "pooled.h5" in result.output and "ingest slide-embeddings" in result.output
     assert atlas_state(atlas) == (0, 0, 0)
+
+
+def test_molecular_encoders_align_to_precomputed_embeddings(tmp_path, metadata, rng):
+    from threads_search.atlas.embeddings import load_embeddings
+    from threads_search.atlas.store import open_atlas
+    from threads_search.atlas.stored_models import resolve_model_id
+
+    features = write_trident_slide_features(tmp_path / "slide_features_titan", class_vectors(768), slide_ids())
+    genes = [f"G{i}" for i in range(20)]
+    rows = [[f"P{p:02d}-01A"] + list(np.exp(rng.normal(2, 1, size=20)).round(3)) for p in range(N_PATIENTS)]
+    expression = write_csv(tmp_path / "expression.csv", ["sample_id"] + genes, rows)
+    samples = write_csv(tmp_path / "samples.csv", ["sample_id", "patient_id"],
+                        [[f"P{p:02d}-01A", f"P{p:02d}"] for p in range(N_PATIENTS)])
+    atlas = tmp_path / "atlas"
+    run("init", atlas)
+    run("ingest", "slide-embeddings", atlas, features, "--encoder", "titan", "--metadata", metadata)
+    run("ingest", "expression", atlas, expression, "--metadata", samples)
+    run("train", atlas, "--slide-encoder", "titan", "--epochs", "2", "--quiet")
+    run("embed", atlas)
+    with open_atlas(atlas, read_only=True) as opened:
+        aligned, titan = resolve_model_id(opened), resolve_model_id(opened, "titan")
+        assert aligned != titan
+        _, copied = load_embeddings(opened, aligned, "slides")
+        _, frozen = load_embeddings(opened, titan, "slides")
+        profile_vids, _ = load_embeddings(opened, aligned, "expression")
+    np.testing.assert_array_equal(copied, frozen)  # the slide space is the precomputed one, unchanged
+    assert len(profile_vids) == N_PATIENTS
