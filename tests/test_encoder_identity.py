@@ -129,3 +129,4 @@ def test_named_files_into_an_atlas_of_unnamed_ones_need_a_declaration(tmp_path, 
     result = run("ingest", "slides", atlas, tmp_path / "named.h5", ok=False)
     assert "the atlas's slides name none" in result.output
     run("ingest", "slides", atlas, tmp_path / "named.h5", "--encoder", "uni_v1")
+

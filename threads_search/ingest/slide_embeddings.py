@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,6 @@ from threads_search.ingest.plan import IngestReport
 from threads_search.readers.metadata_csv import read_metadata_csv
 from threads_search.readers.slide_embeddings import expand_embedding_paths, read_slide_embeddings
 
-Progress = Callable[[int, int, str], None]
 # Vectors equal to this tolerance count as the same embedding again (a re-run).
 SAME_VECTOR_ATOL = 1e-6
 

@@ -25,7 +25,8 @@ from threads_search.ingest.coverage import coverage_warnings
 from threads_search.ingest.plan import IngestReport, plan_writes
 from threads_search.ingest.slide_images import find_slide_images
 from threads_search.readers.metadata_csv import read_metadata_csv
-from threads_search.readers.patch_features import FeatureFileInfo, expand_feature_paths, inspect_feature_file
+from threads_search.readers.patch_features import (EmptyBagError, FeatureFileInfo, expand_feature_paths,
+                                                   inspect_feature_file)
 
 Progress = Callable[[int, int, str], None]
 
@@ -69,11 +70,19 @@ def _declare_encoder(atlas: Atlas, infos: list[FeatureFileInfo], declared: str |
     return infos
 
 
-def _inspect_all(paths: list[Path], progress: Progress | None) -> list[FeatureFileInfo]:
+def _inspect_all(paths: list[Path], progress: Progress | None, strict: bool = True,
+                 notes: list[str] | None = None) -> list[FeatureFileInfo]:
+    """Every file checked; without `strict`, a 0-patch file is skipped with a note in `notes`."""
     infos: list[FeatureFileInfo] = []
     first_path_of: dict[str, Path] = {}
     for done, path in enumerate(paths, start=1):
-        info = inspect_feature_file(path)
+        try:
+            info = inspect_feature_file(path)
+        except EmptyBagError as error:
+            if strict or notes is None:
+                raise
+            notes.append(f"{error}; skipped (--strict refuses it)")
+            continue
         if info.slide_id in first_path_of:
             raise InputError(f"{path}: duplicate slide id '{info.slide_id}' (also {first_path_of[info.slide_id]})")
         first_path_of[info.slide_id] = path
@@ -102,7 +111,10 @@ def ingest_slides(atlas: Atlas, feature_paths: list[str | os.PathLike], metadata
     report = IngestReport()
     paths = expand_feature_paths(list(feature_paths))
     metadata = read_metadata_csv(metadata_csv, "slide_id") if metadata_csv else None
-    infos = _inspect_all(paths, progress)
+    infos = _inspect_all(paths, progress, strict, report.warnings)
+    if not infos:
+        others = f", as every other of the {len(paths)} files given" if len(paths) > 1 else ""
+        raise InputError(f"{paths[0]}: empty bag (0 patches){others}; nothing to ingest")
     _check_consistent(atlas, infos)
     infos = _declare_encoder(atlas, infos, encoder)
     images, image_warnings = find_slide_images(infos, Path(wsi_dir) if wsi_dir is not None else None)
