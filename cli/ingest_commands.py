@@ -75,8 +75,9 @@ def mutations(atlas: Path = typer.Argument(..., help="Atlas folder."),
 def slide_embeddings(atlas: Path = typer.Argument(..., help="Atlas folder."),
                      files: list[str] = typer.Argument(..., help="TRIDENT slide_features_<enc>/*.h5, Patho-Bench pooled "
                                                           ".h5 ((D,) or (1, D)), one .npy (with --ids) or Parquet files, folders or globs."),
-                     encoder: str = typer.Option(..., "--encoder", help="The slide encoder that made them (titan, feather, "
-                                                 "chief, prism ...): one frozen model per name and dimension."),
+                     encoder: str = typer.Option(None, "--encoder", help="The slide encoder that made them (titan, feather, "
+                                                 "chief, prism ...): one frozen model per name and dimension. Default: "
+                                                 "<enc> of a TRIDENT slide_features_<enc> folder."),
                      metadata: Path = _METADATA,
                      ids: Path = typer.Option(None, "--ids", help="For a .npy file: its slide ids, one per line in row order."),
                      patch_encoder: str = typer.Option(None, "--patch-encoder", help="Patch features they were computed "
@@ -87,5 +88,5 @@ def slide_embeddings(atlas: Path = typer.Argument(..., help="Atlas folder."),
     from threads_search.ingest.slide_embeddings import ingest_slide_embeddings
 
     with open_atlas(atlas) as opened:
-        report, model_id = ingest_slide_embeddings(opened, files, encoder, metadata, ids, patch_encoder, strict)
-    _summarise(report, f"slide embeddings ({encoder}, model {model_id})")
+        report, model_id, name = ingest_slide_embeddings(opened, files, encoder, metadata, ids, patch_encoder, strict)
+    _summarise(report, f"slide embeddings ({name}, model {model_id})")

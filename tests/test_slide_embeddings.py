@@ -44,13 +44,18 @@ def metadata(tmp_path: Path) -> Path:
 
 
 def write_trident_slide_features(folder: Path, vectors: np.ndarray, ids: list[str]) -> Path:
-    """TRIDENT's slide-encoder output: one `<slide>.h5` per slide, `features` of shape (D,)."""
+    """TRIDENT's `WSI.extract_slide_features` output: one `<slide>.h5` per slide holding `features`
+    (D,) float32 (attrs name, savetodir) and the patch `coords` (N, 2) with their attributes."""
     import h5py
 
     folder.mkdir(parents=True, exist_ok=True)
     for slide_id, vector in zip(ids, vectors):
         with h5py.File(folder / f"{slide_id}.h5", "w") as handle:
-            handle.create_dataset("features", data=vector.astype(np.float32))
+            features = handle.create_dataset("features", data=vector.astype(np.float32))
+            features.attrs.update({"name": slide_id, "savetodir": str(folder)})
+            coords = handle.create_dataset("coords", data=np.arange(12, dtype=np.int64).reshape(6, 2) * 512)
+            coords.attrs.update({"patch_size": 512, "patch_size_level0": 1024, "level0_magnification": 40,
+                                 "target_magnification": 20, "name": slide_id})
     return folder
 
 
@@ -279,20 +284,39 @@ def test_meanpool_needs_patch_features(tmp_path):
     assert "no patch features ingested" in result.output and atlas_state(atlas) == (0, 0, 0)
 
 
-def test_slide_embedding_among_patch_bags_is_refused(tmp_path, rng):
-    import h5py
-
+@pytest.mark.parametrize("layout", ["pathobench", "trident"])
+def test_slide_embedding_among_patch_bags_is_refused(tmp_path, rng, layout):
     bags = tmp_path / "bags"
     bags.mkdir()
     write_trident(bags / "real.h5", rng.normal(size=(10, 32)).astype(np.float32))
-    with h5py.File(bags / "pooled.h5", "w") as handle:  # Patho-Bench: (1, D), no coords
-        handle.create_dataset("features", data=rng.normal(size=(1, 32)).astype(np.float32))
+    vector = rng.normal(size=(1, 32))
+    if layout == "pathobench":  # (1, D), no coords
+        write_pathobench_pooled(bags, vector, ["pooled"])
+    else:  # (D,) beside the patch coords
+        write_trident_slide_features(bags, vector, ["pooled"])
     atlas = tmp_path / "atlas"
     run("init", atlas)
     result = run("ingest", "slides", atlas, bags, ok=False)
     assert result.exit_code != 0
     assert "pooled.h5" in result.output and "ingest slide-embeddings" in result.output
+    assert len(result.output.strip().splitlines()) == 1
     assert atlas_state(atlas) == (0, 0, 0)
+
+
+def test_encoder_is_read_from_a_trident_slide_features_folder(tmp_path, metadata):
+    from threads_search.atlas.store import open_atlas
+    from threads_search.atlas.stored_models import model_summaries
+
+    job = tmp_path / "job" / "20x_512px_0px_overlap"
+    write_trident_slide_features(job / "slide_features_titan", class_vectors(768)[:4], slide_ids()[:4])
+    write_trident_slide_features(tmp_path / "elsewhere", class_vectors(768)[:1], ["X"])
+    atlas = tmp_path / "atlas"
+    run("init", atlas)
+    refused = run("ingest", "slide-embeddings", atlas, tmp_path / "elsewhere", ok=False)
+    assert "--encoder NAME" in refused.output and "slide_features_<encoder>" in refused.output
+    run("ingest", "slide-embeddings", atlas, job / "slide_features_titan")
+    with open_atlas(atlas, read_only=True) as opened:
+        assert [m["provenance"]["encoder"] for m in model_summaries(opened)] == ["titan"]
 
 
 @pytest.mark.parametrize("with_patch_features", [

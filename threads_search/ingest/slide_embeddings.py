@@ -33,12 +33,20 @@ from threads_search.ingest.plan import IngestReport
 from threads_search.readers.metadata_csv import read_metadata_csv
 from threads_search.readers.slide_embeddings import expand_embedding_paths, read_slide_embeddings
 
+TRIDENT_FOLDER = "slide_features_"  # TRIDENT writes <job>/<mag>x_<size>px_<overlap>px_overlap/slide_features_<encoder>/
 # Vectors equal to this tolerance count as the same embedding again (a re-run).
 SAME_VECTOR_ATOL = 1e-6
 
 
-def _check_encoder_name(encoder: str) -> str:
-    name = (encoder or "").strip()
+def _encoder_name(encoder: str | None, paths: list[Path]) -> str:
+    """`--encoder`, or the `<encoder>` of the TRIDENT folder `slide_features_<encoder>` all files are in."""
+    if encoder is None:
+        folder = paths[0].parent.name
+        if all(p.parent.name == folder for p in paths) and folder.startswith(TRIDENT_FOLDER) and folder != TRIDENT_FOLDER:
+            return folder[len(TRIDENT_FOLDER):]
+        raise InputError(f"{paths[0].parent}: not a TRIDENT {TRIDENT_FOLDER}<encoder> folder; name the slide encoder "
+                         f"with --encoder NAME (titan, feather, chief, prism ...)")
+    name = encoder.strip()
     if not name or any(c.isspace() for c in name):
         raise InputError(f"--encoder {encoder!r}: give the slide encoder's name, e.g. titan, feather, chief, prism")
     return name
@@ -50,13 +58,14 @@ def precomputed_model(encoder: str, dim: int, patch_encoder: str | None):
     return create_model("precomputed", encoder=encoder, out_dim=int(dim), patch_encoder=patch_encoder or "")
 
 
-def ingest_slide_embeddings(atlas: Atlas, paths: list[str | os.PathLike], encoder: str,
+def ingest_slide_embeddings(atlas: Atlas, paths: list[str | os.PathLike], encoder: str | None = None,
                             metadata_csv: str | os.PathLike | None = None, ids_file: str | os.PathLike | None = None,
-                            patch_encoder: str | None = None, strict: bool = False) -> tuple[IngestReport, str]:
-    """Validate the files, then record them as the `encoder` model's slide embeddings; returns
-    (report, model id). `patch_encoder` records what the embeddings were computed from (optional)."""
-    encoder = _check_encoder_name(encoder)
-    embeddings = read_slide_embeddings(expand_embedding_paths(list(paths)), Path(ids_file) if ids_file else None)
+                            patch_encoder: str | None = None, strict: bool = False) -> tuple[IngestReport, str, str]:
+    """Validate the files, then record them as the `encoder` model's slide embeddings (None: read
+    from a TRIDENT `slide_features_<encoder>` folder); returns (report, model id, encoder name). `patch_encoder` records what the embeddings were computed from (optional)."""
+    files = expand_embedding_paths(list(paths))
+    encoder = _encoder_name(encoder, files)
+    embeddings = read_slide_embeddings(files, Path(ids_file) if ids_file else None)
     report = IngestReport()
     metadata = read_metadata_csv(metadata_csv, "slide_id") if metadata_csv else None
     patient_of: dict[str, str] = {}
@@ -80,12 +89,12 @@ def ingest_slide_embeddings(atlas: Atlas, paths: list[str | os.PathLike], encode
     new_ids = [embeddings.slide_ids[k] for k in fresh if embeddings.slide_ids[k] not in vid_of]
     report.added = len(fresh)
     if not fresh and metadata is None:
-        return report, model_id  # a re-run: nothing to write
+        return report, model_id, encoder  # a re-run: nothing to write
     _write(atlas, model, model_id, encoder, embeddings, vectors, fresh, new_ids, patient_of, metadata, report)
     if new_ids:
         report.warnings.append(f"{len(new_ids)} slide id(s) were not in the atlas (first: '{new_ids[0]}'); added as "
                                f"slides with '{encoder}' embeddings only (no patch features)")
-    return report, model_id
+    return report, model_id, encoder
 
 
 def _refuse_changed(atlas: Atlas, model_id: str, embeddings, vectors: np.ndarray, again: list[int],
