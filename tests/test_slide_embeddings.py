@@ -356,3 +356,24 @@ def test_molecular_encoders_align_to_precomputed_embeddings(tmp_path, metadata, 
         profile_vids, _ = load_embeddings(opened, aligned, "expression")
     np.testing.assert_array_equal(copied, frozen)  # the slide space is the precomputed one, unchanged
     assert len(profile_vids) == N_PATIENTS
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx`")
+def test_the_service_searches_a_precomputed_slides_only_atlas(tmp_path, metadata):
+    from fastapi.testclient import TestClient
+
+    from threads_search.service.app import create_app
+    from threads_search.service.config import ServiceConfig
+
+    features = write_trident_slide_features(tmp_path / "slide_features_chief", class_vectors(768, seed=4), slide_ids())
+    atlas = tmp_path / "atlas"
+    run("init", atlas)
+    run("ingest", "slide-embeddings", atlas, features, "--metadata", metadata)
+    run("index", atlas, "--model", "chief")
+    expected = json.loads(run("search", atlas, "--slide-id", "P02-S1", "-k", "6", "--format", "json").stdout)["hits"]
+    with TestClient(create_app(ServiceConfig(atlas=atlas))) as client:
+        response = client.post("/api/search", json={"slide_id": "P02-S1", "k": 6})
+    assert response.status_code == 200, response.text
+    hits = response.json()["hits"]
+    assert [h["id"] for h in hits] == [h["id"] for h in expected]
+    assert all(h["subtype"] == "her2" for h in hits)
