@@ -243,6 +243,10 @@ def test_slide_known_by_embedding_keeps_it_when_its_patch_features_arrive(tmp_pa
     run("index", atlas, "--model", "titan")
     result = run("search", atlas, "--features", bags / "P00-S0.h5", "--model", "titan", ok=False)
     assert "holds precomputed slide embeddings and cannot encode patch features" in result.output
+    query = write_trident_slide_features(tmp_path / "new", class_vectors(768)[1:2], ["new-slide"]) / "new-slide.h5"
+    hits = json.loads(run("search", atlas, "--features", query, "--model", "titan", "-k", "4", "--format", "json",
+                          "--include-same-patient").stdout)["hits"]
+    assert hits[0]["id"] == ids[1] and hits[0]["score"] > 0.999  # the same vector as stored for P00-S1
 
 
 def test_slides_only_atlas_with_builtin_meanpool(tmp_path, metadata, rng):

@@ -103,7 +103,10 @@ def _checked(path: Path, array: np.ndarray, first_row: int | None = 0) -> np.nda
     return vectors
 
 
-def _read_h5(path: Path) -> np.ndarray:
+INGEST_SLIDES_HINT = "patch features go in with `threads-search ingest slides`"
+
+
+def _read_h5(path: Path, bag_hint: str = INGEST_SLIDES_HINT) -> np.ndarray:
     import h5py
 
     try:
@@ -116,7 +119,7 @@ def _read_h5(path: Path) -> np.ndarray:
         dataset = handle["features"]
         shape = tuple(int(s) for s in dataset.shape)
         if not (len(shape) == 1 or (len(shape) == 2 and shape[0] == 1)):
-            hint = "; patch features go in with `threads-search ingest slides`" if len(shape) == 2 else ""
+            hint = f"; {bag_hint}" if len(shape) == 2 else ""
             raise InputError(f"{path}: dataset 'features' has shape {shape}; a slide embedding is (dim,) or (1, dim){hint}")
         if shape[-1] > MAX_FEATURE_DIM:
             raise InputError(f"{path}: dataset 'features' declares {shape[-1]} dimensions; at most {MAX_FEATURE_DIM}")
@@ -125,6 +128,14 @@ def _read_h5(path: Path) -> np.ndarray:
         except OSError as error:
             raise InputError(f"{path}: truncated or corrupt HDF5 ({str(error).splitlines()[0]})") from None
     return _checked(path, values.reshape(1, -1), None)
+
+
+def read_slide_embedding_file(path: Path, bag_hint: str = INGEST_SLIDES_HINT) -> np.ndarray:
+    """One TRIDENT / Patho-Bench slide-embedding `.h5` as a `(dim,) float32` vector (checked);
+    `bag_hint` ends the refusal of a file of patch features."""
+    if path.suffix not in (".h5", ".hdf5") or not path.is_file():
+        raise InputError(f"{path}: expected one slide's embedding as an .h5 file (`features` (dim,) or (1, dim))")
+    return _read_h5(path, bag_hint)[0]
 
 
 def _read_ids(ids_file: Path) -> list[str]:
