@@ -25,8 +25,11 @@ from threads_search.atlas.items import insert_new_items, vid_by_item
 from threads_search.atlas.metadata import apply_metadata
 from threads_search.atlas.store import Atlas
 from threads_search.atlas.stored_models import record_model_files
+from threads_search.encoders.checkpoint import model_id as content_id
+from threads_search.encoders.checkpoint import save_model
 from threads_search.encoders.model import l2_normalise
 from threads_search.encoders.patch.names import canonical_patch_encoder
+from threads_search.encoders.registry import create_model
 from threads_search.errors import InputError
 from threads_search.ingest.coverage import coverage_warnings
 from threads_search.ingest.plan import IngestReport
@@ -53,8 +56,7 @@ def _encoder_name(encoder: str | None, paths: list[Path]) -> str:
 
 
 def precomputed_model(encoder: str, dim: int, patch_encoder: str | None):
-    from threads_search.encoders.registry import create_model
-
+    """The frozen model of a set: its id depends on (name, dimension, patch encoder) only."""
     return create_model("precomputed", encoder=encoder, out_dim=int(dim), patch_encoder=patch_encoder or "")
 
 
@@ -62,7 +64,8 @@ def ingest_slide_embeddings(atlas: Atlas, paths: list[str | os.PathLike], encode
                             metadata_csv: str | os.PathLike | None = None, ids_file: str | os.PathLike | None = None,
                             patch_encoder: str | None = None, strict: bool = False) -> tuple[IngestReport, str, str]:
     """Validate the files, then record them as the `encoder` model's slide embeddings (None: read
-    from a TRIDENT `slide_features_<encoder>` folder); returns (report, model id, encoder name). `patch_encoder` records what the embeddings were computed from (optional)."""
+    from a TRIDENT `slide_features_<encoder>` folder); returns (report, model id, encoder name).
+    `patch_encoder` records what the embeddings were computed from (optional)."""
     files = expand_embedding_paths(list(paths))
     encoder = _encoder_name(encoder, files)
     embeddings = read_slide_embeddings(files, Path(ids_file) if ids_file else None)
@@ -75,8 +78,6 @@ def ingest_slide_embeddings(atlas: Atlas, paths: list[str | os.PathLike], encode
                                              "slide embedding", strict,
                                              {i: o[0] for i, o in zip(embeddings.slide_ids, embeddings.origins)})
     model = precomputed_model(encoder, embeddings.dim, canonical_patch_encoder(patch_encoder))
-    from threads_search.encoders.checkpoint import model_id as content_id
-
     model_id = content_id(model)
     vectors = l2_normalise(embeddings.matrix())
     vid_of = vid_by_item(atlas, "slides")
@@ -112,8 +113,6 @@ def _refuse_changed(atlas: Atlas, model_id: str, embeddings, vectors: np.ndarray
 
 def _write(atlas: Atlas, model, model_id: str, encoder: str, embeddings, vectors: np.ndarray, fresh: list[int],
            new_ids: list[str], patient_of: dict[str, str], metadata, report: IngestReport) -> None:
-    from threads_search.encoders.checkpoint import save_model
-
     folder = atlas.path(layout.model_folder(model_id))
     created_folder = not folder.exists()
     save_model(model, folder)
