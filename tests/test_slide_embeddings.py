@@ -265,6 +265,9 @@ def test_slides_only_atlas_with_builtin_meanpool(tmp_path, metadata, rng):
         atlas = tmp_path / name
         run("init", atlas)
         run("ingest", "slides", atlas, bags, "--metadata", metadata)
+        for recipe in ("meanpool", "threads-abmil-cpu"):
+            refused = run("train", atlas, "--recipe", recipe, ok=False)
+            assert "needs no training" in refused.output and "--model meanpool" in refused.output
         result = run("embed", atlas, "--model", "meanpool")
         assert "embedded 24 slides" in result.stdout
         assert "0 slides (+24 already)" in run("embed", atlas, "--model", "meanpool").stdout

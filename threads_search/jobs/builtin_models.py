@@ -36,3 +36,13 @@ def ensure_builtin_model(atlas: Atlas, name: str) -> tuple[str, list[str]]:
         return stored[0], []
     model_id = store_model(atlas, builtin_meanpool(atlas), {"baseline": True, "builtin": True, "frozen": True})
     return model_id, [f"registered the built-in {name} model {model_id} (no training, no profiles needed)"]
+
+
+def refuse_training_without_profiles(atlas: Atlas) -> None:
+    """`train` pairs slides with profiles; an atlas of slides alone is searched without training."""
+    from threads_search.atlas.items import count_items
+    from threads_search.errors import TrainingError
+
+    if atlas.meta("feature_dim") and not count_items(atlas, "expression") and not count_items(atlas, "mutations"):
+        raise TrainingError(f"{atlas.root}: no expression or mutation profiles to pair with the slides; a slides-only "
+                            f"atlas needs no training: `threads-search embed {atlas.root} --model meanpool`, then index")
