@@ -130,3 +130,20 @@ def test_named_files_into_an_atlas_of_unnamed_ones_need_a_declaration(tmp_path, 
     assert "the atlas's slides name none" in result.output
     run("ingest", "slides", atlas, tmp_path / "named.h5", "--encoder", "uni_v1")
 
+
+
+@pytest.mark.parametrize(("atlas_encoder", "warned"), [("conch_v1_5", False), ("MahmoodLab/conchv1_5", False),
+                                                       ("uni_v1", True)])
+def test_published_weights_compare_the_atlas_encoder_through_the_aliases(tmp_path, rng, atlas_encoder, warned):
+    from test_published_encoders import feather_state, save_safetensors
+
+    folder = tmp_path / "features"
+    folder.mkdir()
+    for k in range(3):
+        write_trident(folder / f"s{k}.h5", rng.normal(size=(12, 768)).astype(np.float32), encoder=atlas_encoder)
+    atlas = tmp_path / "atlas"
+    run("init", atlas)
+    run("ingest", "slides", atlas, folder)
+    weights = save_safetensors(tmp_path / "feather.safetensors", feather_state(seed=1))
+    result = run("embed", atlas, "--model", "feather", "--weights", weights, "--quiet")
+    assert ("may mean little" in result.output) is warned, result.output
