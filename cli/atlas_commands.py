@@ -49,6 +49,9 @@ def _render_info(summary: dict) -> str:
         low, high = features["patches_per_slide"]
         lines.append(f"features: dim {features['feature_dim']}, patch encoder {features['patch_encoder'] or 'not recorded'}, "
                      f"dtype {'/'.join(features['dtypes'])}, {features['patches_total']} patches ({low}-{high} per slide)")
+    embedding_only = items["slides"] - features.get("slides_with_features", items["slides"])
+    if embedding_only:
+        lines.append(f"{embedding_only} slides known by precomputed slide embeddings only (no patch features)")
     for batch in summary["profiles"]:
         lines.append(f"{batch['modality']}: {batch['samples']} samples x {batch['genes']} genes, scale {batch['scale']} "
                      f"({batch['scale_reason']}) from {batch['source']}")

@@ -116,6 +116,8 @@ def test_model_records_name_dimension_and_file_fingerprints(tmp_path, metadata):
         model = load_atlas_model(opened, resolve_model_id(opened, "feather"))
         assert opened.sql("SELECT count(*) FROM embeddings").fetchone()[0] == 1  # the re-run wrote nothing
     assert summary["recipe"] == "precomputed" and model.out_dim == 512 and model.name == "feather"
+    info = run("info", atlas).stdout
+    assert "24 slides known by precomputed slide embeddings only" in info and "precomputed (feather)" in info
     files = summary["provenance"]["files"]
     assert sorted(f["file"] for f in files) == sorted(f"{s}.h5" for s in slide_ids())
     assert all(len(f["fingerprint"]) == 32 for f in files)

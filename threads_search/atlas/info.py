@@ -52,6 +52,7 @@ def atlas_info(atlas: Atlas) -> dict:
             "patches_total": slides["patches_total"],
             "patches_per_slide": slides["patches_per_slide"],
             "copied_into_atlas": slides["copied_into_atlas"],
+            "slides_with_features": slides["slides"],  # the others are known by precomputed embeddings only
         },
         "profiles": batch_summaries(atlas),
         "metadata": {column: column_summary(atlas, column, MAX_LEVELS_SHOWN) for column in atlas.metadata_columns()},
