@@ -386,3 +386,28 @@ def test_the_service_searches_a_precomputed_slides_only_atlas(tmp_path, metadata
     hits = response.json()["hits"]
     assert [h["id"] for h in hits] == [h["id"] for h in expected]
     assert all(h["subtype"] == "her2" for h in hits)
+
+
+def test_a_failure_inside_the_write_leaves_the_atlas_as_it_was(tmp_path, metadata, monkeypatch):
+    import threads_search.ingest.slide_embeddings as job
+    from threads_search.atlas.store import open_atlas
+
+    features = write_trident_slide_features(tmp_path / "slide_features_titan", class_vectors(64), slide_ids())
+    atlas = tmp_path / "atlas"
+    run("init", atlas)
+    real_add_part = job.add_part
+
+    def add_part_then_fail(*args, **kwargs):
+        real_add_part(*args, **kwargs)  # the part file is written and recorded, then the process "dies"
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(job, "add_part", add_part_then_fail)
+    with open_atlas(atlas) as opened, pytest.raises(RuntimeError, match="interrupted"):
+        job.ingest_slide_embeddings(opened, [features], metadata_csv=metadata)
+    assert atlas_state(atlas) == (0, 0, 0)
+    assert not list(atlas.rglob("*.parquet"))  # the written part was removed with the rollback
+    assert not list((atlas / "models").glob("*")) if (atlas / "models").exists() else True  # so was the new model
+    monkeypatch.setattr(job, "add_part", real_add_part)
+    with open_atlas(atlas) as opened:
+        report, _, name = job.ingest_slide_embeddings(opened, [features], metadata_csv=metadata)
+    assert (report.added, name) == (24, "titan") and atlas_state(atlas) == (24, 1, 1)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from threads_search.atlas import layout
-from threads_search.atlas.embeddings import add_part, embedded_vids, load_embeddings
+from threads_search.atlas.embeddings import COMPACT_PART_ROWS, add_part, embedded_vids, load_embeddings
 from threads_search.atlas.items import insert_new_items, vid_by_item
 from threads_search.atlas.metadata import apply_metadata
 from threads_search.atlas.store import Atlas
@@ -116,7 +116,7 @@ def _write(atlas: Atlas, model, model_id: str, encoder: str, embeddings, vectors
     folder = atlas.path(layout.model_folder(model_id))
     created_folder = not folder.exists()
     save_model(model, folder)
-    part = None
+    parts: list[str] = []
     try:
         with atlas.transaction():
             if new_ids:
@@ -125,12 +125,13 @@ def _write(atlas: Atlas, model, model_id: str, encoder: str, embeddings, vectors
                 report.metadata_rows_matched = apply_metadata(atlas, metadata, "slides")
             record_model_files(atlas, model_id, model.recipe, {"precomputed": True, "encoder": encoder,
                                                                 "dim": embeddings.dim, "normalised": "L2"}, embeddings.files)
-            if fresh:
-                vid_of = vid_by_item(atlas, "slides")
-                vids = np.array([vid_of[embeddings.slide_ids[k]] for k in fresh], np.int64)
-                part = add_part(atlas, model_id, "slides", vids, vectors[fresh])
+            vid_of = vid_by_item(atlas, "slides")
+            for start in range(0, len(fresh), COMPACT_PART_ROWS):  # parts of the size `compact` writes
+                chunk = fresh[start:start + COMPACT_PART_ROWS]
+                vids = np.array([vid_of[embeddings.slide_ids[k]] for k in chunk], np.int64)
+                parts.append(add_part(atlas, model_id, "slides", vids, vectors[chunk]))
     except BaseException:
-        if part is not None:
+        for part in parts:
             atlas.path(part).unlink(missing_ok=True)
         if created_folder:
             shutil.rmtree(folder, ignore_errors=True)
