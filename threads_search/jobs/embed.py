@@ -15,7 +15,7 @@ from threads_search.atlas.embeddings import MAX_PARTS, compact, embedded_vids, l
 from threads_search.atlas.items import count_items, vid_by_item
 from threads_search.atlas.profiles import load_profiles
 from threads_search.atlas.schema import MODALITIES, PROFILE_MODALITIES
-from threads_search.atlas.slides import AtlasSlide, encode_atlas_slide, slide_records
+from threads_search.atlas.slides import AtlasSlide, encode_atlas_slide, slide_items, slide_records
 from threads_search.atlas.store import Atlas
 from threads_search.atlas.stored_models import load_atlas_model, models_named, resolve_model_id, store_model
 
@@ -101,18 +101,22 @@ def resolve_embed_model(atlas: Atlas, model: str | None = None, weights=None) ->
 
 def _embed_slides(atlas: Atlas, model, model_id: str, report: EmbedReport, progress: Progress | None,
                   slide_chunks: SlideChunks) -> None:
-    records = slide_records(atlas)
+    items = slide_items(atlas)  # with patch features, or known by precomputed embeddings only
     done = embedded_vids(atlas, model_id, "slides")
-    todo = [r for r in records if r.vid not in done]
-    report.skipped["slides"] = len(records) - len(todo)
+    waiting = [item for item in items if item.vid not in done]
+    report.skipped["slides"] = len(items) - len(waiting)
     frozen = getattr(model, "frozen_slide_model_id", None)
-    if frozen and todo:
-        todo = _copy_frozen_slides(atlas, frozen, model_id, todo, report)
-    if getattr(model, "precomputed", False):  # its vectors come in with `ingest slide-embeddings` only
-        if todo:
-            report.notes.append(f"slides: {len(todo)} have no '{model.name}' embedding and cannot be computed here; "
-                                f"add them with `threads-search ingest slide-embeddings --encoder {model.name}`")
-        todo = []
+    if frozen and waiting:
+        waiting = _copy_frozen_slides(atlas, frozen, model_id, waiting, report)
+    if getattr(model, "precomputed", False) and waiting:  # its vectors come in with `ingest slide-embeddings` only
+        report.notes.append(f"slides: {len(waiting)} have no '{model.name}' embedding and cannot be computed here; "
+                            f"add them with `threads-search ingest slide-embeddings --encoder {model.name}`")
+        waiting = []
+    waiting_vids = {item.vid for item in waiting}
+    todo = [record for record in slide_records(atlas) if record.vid in waiting_vids] if waiting else []
+    if len(todo) < len(waiting):
+        report.notes.append(f"slides: {len(waiting) - len(todo)} known by precomputed embeddings only have no patch "
+                            f"features to encode; not embedded by model {model_id}")
     embedded = 0
     if todo:
         model.check_features(int(atlas.meta("feature_dim")), atlas.meta("patch_encoder"))
@@ -136,8 +140,8 @@ def _local_chunks(model) -> SlideChunks:
 
 
 def _copy_frozen_slides(atlas: Atlas, frozen_id: str, model_id: str, todo: list, report: EmbedReport) -> list:
-    """Copy the frozen slide model's stored vectors verbatim (an aligned model's slide side);
-    returns the slides it has not embedded, which are then encoded by the (same) frozen model."""
+    """Copy the frozen slide model's stored vectors verbatim (an aligned model's slide side) for
+    `todo` (slide items); returns those it has not embedded, then encoded by the (same) frozen model."""
     vids, vectors = load_embeddings(atlas, frozen_id, "slides", np.array([r.vid for r in todo], np.int64))
     for start in range(0, len(vids), SLIDES_PER_PART * 16):
         write_part(atlas, model_id, "slides", vids[start:start + SLIDES_PER_PART * 16],
