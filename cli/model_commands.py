@@ -27,6 +27,7 @@ def train(atlas: Path = typer.Argument(..., help="Atlas folder."),
           quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:
     """Train the slide and molecular encoders contrastively on paired slides and profiles."""
     from threads_search.atlas.store import open_atlas
+    from threads_search.jobs.builtin_models import refuse_training_without_profiles
     from threads_search.training.job import default_recipe, train_atlas_model
     from threads_search.training.trainer import TrainingConfig
 
@@ -38,6 +39,8 @@ def train(atlas: Path = typer.Argument(..., help="Atlas folder."),
         train_aligned(atlas, slide_encoder, config, where, label, out, quiet)
         return
     with open_atlas(atlas) as opened, progress_bar("training (epochs)", quiet) as progress:
+        refuse_training_without_profiles(opened)
+
         def on_epoch(record) -> None:
             progress(record.epoch, epochs, "")
             if not quiet:

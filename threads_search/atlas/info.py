@@ -52,10 +52,13 @@ def atlas_info(atlas: Atlas) -> dict:
             "patches_total": slides["patches_total"],
             "patches_per_slide": slides["patches_per_slide"],
             "copied_into_atlas": slides["copied_into_atlas"],
+            "slides_with_features": slides["slides"],  # the others are known by precomputed embeddings only
         },
         "profiles": batch_summaries(atlas),
         "metadata": {column: column_summary(atlas, column, MAX_LEVELS_SHOWN) for column in atlas.metadata_columns()},
-        "models": [{k: v for k, v in m.items() if k != "provenance"} for m in model_summaries(atlas)],
+        "models": [{**{k: v for k, v in m.items() if k != "provenance"},
+                    **({"encoder": m["provenance"].get("encoder")} if m["recipe"] == "precomputed" else {})}
+                   for m in model_summaries(atlas)],
         "embeddings": embedding_summaries(atlas),
         "indexes": index_summaries(atlas),
         "index_shards": shard_summaries(atlas),
