@@ -159,7 +159,7 @@ def test_refusals():
         train_model(lonely, config())
     with pytest.raises(TrainingError, match="found 0"):
         train_model(PairedDataset(cohort.slides, None), config())
-    with pytest.raises(InputError, match="batch_size must be >= 2"):
+    with pytest.raises(InputError, match=r"batch_size \(--patients-per-step\) must be in \[2, "):
         train_model(cohort, config(batch_size=1))
     with pytest.raises(InputError, match="not trainable"):
         train_model(cohort, config(recipe="meanpool"))

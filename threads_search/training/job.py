@@ -111,7 +111,7 @@ def train_atlas_model(atlas: Atlas, config=None, where_sql: str | None = None, l
     if dataset.expression is None and dataset.mutations is None:
         raise TrainingError("no expression or mutation profile belongs to the selected slides' patients; nothing to pair")
     model_overrides = {"in_dim": int(atlas.meta("feature_dim")), "patch_encoder": atlas.meta("patch_encoder") or ""}
-    config = _with_model_overrides(config, model_overrides)
+    requested, config = config, _with_model_overrides(config, model_overrides)
     try:
         result = train_model(dataset, config, on_step=on_step, on_epoch=on_epoch)
     except TrainingDiverged as diverged:
@@ -119,7 +119,7 @@ def train_atlas_model(atlas: Atlas, config=None, where_sql: str | None = None, l
         raise
     provenance = {"where": where_sql, "label": label_column, "best_epoch": result.best_epoch,
                   "initial_val_map": result.initial_val_map, "device": result.device,
-                  "history": [vars(r) for r in result.history], "config": _config_dict(config)}
+                  "history": [vars(r) for r in result.history], "config": _config_dict(requested)}
     model_id, baseline_id = store_models(atlas, [(result.model, provenance),
                                                  (_fitted_baseline(dataset, config), {"where": where_sql, "baseline": True})])
     return TrainJobResult(model_id=model_id, baseline_id=baseline_id, training=result,
@@ -134,6 +134,8 @@ def _with_model_overrides(config, overrides: dict):
 
 
 def _config_dict(config) -> dict:
+    """The config as the caller gave it (the atlas's in_dim and patch encoder are in the model's own
+    config.json), so that `info` shows a file `train --config` reads back to the same config."""
     import dataclasses
 
     return {k: (dict(v) if isinstance(v, dict) or hasattr(v, "items") else v) for k, v in dataclasses.asdict(config).items()}

@@ -20,8 +20,8 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -29,45 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from threads_search.encoders.molecular import ExpressionNormaliser, MutationPanel
-from threads_search.encoders.registry import create_model, get_model_spec
+from threads_search.encoders.registry import create_model
 from threads_search.errors import DeviceError, InputError, TrainingError
+from threads_search.training.config import TrainingConfig  # noqa: F401  (re-exported: callers import it from here)
 from threads_search.training.paired_data import PairedDataset, SlideRecord, pack_bags, sample_bag, split_patients
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Everything that decides a training run (recorded beside the model by the caller)."""
-
-    recipe: str = "threads-abmil"
-    model: Mapping[str, Any] = field(default_factory=dict)  # overrides of the recipe's config
-    epochs: int = 30
-    batch_size: int = 32  # patients per step
-    patches_per_slide: int = 2048
-    learning_rate: float = 2e-4
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.1  # of all planned steps
-    max_logit_scale: float = 100.0
-    grad_clip_norm: float | None = 1.0
-    val_fraction: float = 0.2  # of paired patients
-    patience: int = 5  # epochs without validation improvement before stopping
-    eval_k: int = 5
-    n_top_genes: int | None = 2000
-    max_mutation_genes: int | None = None
-    seed: int = 0
-    device: str = "auto"  # 'auto' | 'cpu' | 'cuda'
-
-    def check(self) -> None:
-        minimums = {"epochs": 1, "batch_size": 2, "patches_per_slide": 1, "eval_k": 1, "patience": 1}
-        for name, minimum in minimums.items():
-            if getattr(self, name) < minimum:
-                raise InputError(f"training option {name} must be >= {minimum}, got {getattr(self, name)}")
-        if self.learning_rate <= 0 or self.max_logit_scale <= 1:
-            raise InputError(f"training options learning_rate ({self.learning_rate}) must be > 0 and "
-                             f"max_logit_scale ({self.max_logit_scale}) > 1")
-        if not 0.0 <= self.warmup_fraction < 1.0:
-            raise InputError(f"training option warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        if not get_model_spec(self.recipe).trainable:
-            raise InputError(f"model '{self.recipe}' is not trainable")
 
 
 @dataclass(frozen=True)
