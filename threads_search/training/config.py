@@ -17,7 +17,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from threads_search.errors import InputError
 
@@ -131,6 +131,26 @@ def read_toml_values(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise InputError(f"{path}: unknown training setting '{unknown[0]}' (known: {', '.join(FIELDS)})")
     return values
+
+
+def layered_config(path: str | Path | None, given: Mapping[str, Any],
+                   default_recipe: Callable[[str], str] | None = None) -> TrainingConfig:
+    """The effective config: a setting given (not None) > the file at `path` > the default.
+
+    `given` holds command-line values by field name (text for the None-able fields, the model
+    overrides as KEY=VALUE strings, merged over the file's). `default_recipe(device)` names the
+    recipe when neither sets one. The file is checked on its own first, so that an error names it.
+    """
+    values = dict(read_toml_values(path)) if path is not None else {}
+    if values:
+        TrainingConfig.from_values(values, source=str(path))
+    flags = {name: value for name, value in given.items() if value is not None and value != [] and value != ()}
+    if "model" in flags:
+        flags["model"] = {**dict(values.get("model", {})), **parse_model_options(list(flags["model"]))}
+    merged = {**values, **flags}
+    if "recipe" not in merged and default_recipe is not None:
+        merged["recipe"] = default_recipe(str(merged.get("device", FIELDS["device"].default)))
+    return TrainingConfig.from_values(merged)
 
 
 def parse_value(name: str, value: Any, source: str = "") -> Any:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -64,6 +64,7 @@ class TrainingResult:
     val_patients: list[str]
     device: str
     stopped_early: bool = False
+    val_modalities: list[str] = field(default_factory=list)  # the profile modalities that queried the validation slides
 
 
 class TrainingDiverged(TrainingError):
@@ -264,6 +265,9 @@ class _ContrastiveRun:
         self.model.train()
         return tuple(float(v) for v in np.mean(results, axis=0)) if results else None
 
+    def validated_modalities(self) -> list[str]:
+        return [m.name for m in self.modalities if any(p in m.rows_by_patient for p in self.val_patients)]
+
     def _relevance_key(self, patient_id: str) -> str:
         if self.labels is None:
             return str(patient_id)
@@ -301,7 +305,7 @@ def _train(dataset: PairedDataset, config: TrainingConfig, on_step: Callable[[St
     best_map = initial[0] if initial else -math.inf
     best_state, best_epoch, epochs_without_gain = run.state(), 0, 0
     result = TrainingResult(run.model, [], 0, initial[0] if initial else None, run.train_patients, run.val_patients,
-                            str(run.device))
+                            str(run.device), val_modalities=run.validated_modalities())
     run.model.train()
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
