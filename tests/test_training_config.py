@@ -231,3 +231,11 @@ def test_train_with_the_demo_recipe_file_reproduces_the_demo_model_id(tmp_path):
     assert result.exit_code == 0, result.output
     assert re.search(r"trained model (\w+)", result.stdout).group(1) == demo_model
     assert TrainingConfig.from_toml(demo_recipe_path(quick=True)).learning_rate == 2e-3
+
+
+def test_the_defaults_are_the_demo_recipe_but_for_the_recipe_name():
+    from threads_search.demo.run import demo_recipe_path
+
+    demo = TrainingConfig.from_toml(demo_recipe_path())
+    assert replace(demo, recipe=TrainingConfig().recipe) == TrainingConfig()
+    assert TrainingConfig().learning_rate == 2e-3
