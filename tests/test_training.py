@@ -12,7 +12,7 @@ import threads_search.training.trainer as training
 from threads_search.errors import DeviceError, InputError, TrainingError
 from threads_search.training.paired_data import (
     PairedDataset,
-    ProfileTable,
+    PairedProfiles,
     SlideRecord,
     pack_bags,
     sample_bag,
@@ -51,8 +51,8 @@ def paired_cohort(n_patients: int = 60, n_classes: int = 3, dim: int = 32, n_gen
         mutations.append(driver)
     return PairedDataset(
         slides,
-        ProfileTable(patients, np.array(expression, dtype=float), [f"G{i}" for i in range(n_genes)], "counts"),
-        ProfileTable(patients, np.array(mutations), [f"M{i}" for i in range(10)]) if with_mutations else None,
+        PairedProfiles(patients, np.array(expression, dtype=float), [f"G{i}" for i in range(n_genes)], "counts"),
+        PairedProfiles(patients, np.array(mutations), [f"M{i}" for i in range(10)]) if with_mutations else None,
         {p: str(c) for p, c in zip(patients, labels)},
     )
 

@@ -33,8 +33,8 @@ class TrainJobResult:
 
 
 def _profile_table(atlas: Atlas, modality: str, patients: set[str]):
-    """One ProfileTable over the genes shared by every ingest batch of the modality, or None."""
-    from threads_search.training.paired_data import ProfileTable
+    """One PairedProfiles over the genes shared by every ingest batch of the modality, or None."""
+    from threads_search.training.paired_data import PairedProfiles
 
     matrices = load_profiles(atlas, modality)
     if not matrices:
@@ -58,7 +58,7 @@ def _profile_table(atlas: Atlas, modality: str, patients: set[str]):
         return None
     scales = {m.scale for m in matrices}
     scale = matrices[0].scale if len(scales) == 1 else "log"
-    return ProfileTable(patient_ids=owners, matrix=np.stack(rows), genes=genes, scale=scale or "log")
+    return PairedProfiles(patient_ids=owners, matrix=np.stack(rows), genes=genes, scale=scale or "log")
 
 
 def _slide_sources(slides: list[AtlasSlide], feature_dim: int):
