@@ -33,7 +33,7 @@ def train(ctx: typer.Context,
           epochs: int = setting("epochs"),
           batch_size: int = setting("batch_size", "--batch-size"),
           patches_per_slide: int = setting("patches_per_slide"),
-          learning_rate: float = setting("learning_rate"),
+          learning_rate: str = setting("learning_rate"),
           weight_decay: float = setting("weight_decay"),
           warmup_fraction: float = setting("warmup_fraction"),
           max_logit_scale: float = setting("max_logit_scale"),
@@ -81,7 +81,7 @@ def epoch_reporter(progress, config, quiet: bool):
 def _train_model(atlas: Path, config, where: str | None, label: str | None, out: Path | None, quiet: bool) -> None:
     from threads_search.atlas.store import open_atlas
     from threads_search.training.job import train_atlas_model
-    from threads_search.training.summary import validation_line
+    from threads_search.training.summary import learning_rate_line, validation_line
 
     with open_atlas(atlas) as opened, progress_bar("training (epochs)", quiet) as progress:
         result = train_atlas_model(opened, config, where, label, on_epoch=epoch_reporter(progress, config, quiet))
@@ -92,9 +92,10 @@ def _train_model(atlas: Path, config, where: str | None, label: str | None, out:
         save_model(training.model, out)
     typer.echo(f"trained model {result.model_id} ({config.recipe}) on {result.n_slides} slides of {result.n_patients} "
                f"patients; best epoch {training.best_epoch} of {len(training.history)}, device {training.device}")
-    line = validation_line(training.initial_val_map, training.history, training.val_modalities, label, config.eval_k)
-    if line:
-        typer.echo(line)
+    for line in (learning_rate_line(training, config.eval_k),
+                 validation_line(training.initial_val_map, training.history, training.val_modalities, label, config.eval_k)):
+        if line:
+            typer.echo(line)
     typer.echo(f"baseline model {result.baseline_id} (meanpool) fitted on the same selection")
     if out is not None:
         typer.echo(f"checkpoint written to {out}")

@@ -198,3 +198,28 @@ def test_pack_bags_and_patient_split():
     assert (train, val) == split_patients(patients, 0.3, seed=4) and len(val) == 3
     assert sorted(train + val) == patients
     assert split_patients(patients[:3], 0.3, seed=0) == (patients[:3], [])  # too few for validation
+
+
+def test_learning_rate_auto_picks_the_best_candidate_and_then_trains_as_if_it_were_given():
+    from threads_search.training.lr_sweep import CANDIDATES, SWEEP_EPOCHS
+    from threads_search.training.summary import learning_rate_line
+
+    cohort = paired_cohort()
+    auto = train_model(cohort, config(epochs=4, learning_rate=None))
+    assert list(auto.learning_rate_sweep) == list(CANDIDATES)
+    best = max(auto.learning_rate_sweep, key=lambda rate: (auto.learning_rate_sweep[rate], -rate))
+    assert auto.chosen_learning_rate == best
+    # each candidate's score is what a short run with that rate gives
+    short = train_model(cohort, config(epochs=SWEEP_EPOCHS, patience=SWEEP_EPOCHS, learning_rate=CANDIDATES[0]))
+    assert auto.learning_rate_sweep[CANDIDATES[0]] == max(r.val_map for r in short.history)
+    given = train_model(cohort, config(epochs=4, learning_rate=best))
+    for name, tensor in given.model.state_dict().items():
+        assert torch.equal(tensor, auto.model.state_dict()[name]), name
+    line = learning_rate_line(auto, 5)
+    assert line.startswith(f"learning rate 'auto': {best:g} chosen by validation mAP@5 after up to {SWEEP_EPOCHS} epochs")
+    assert learning_rate_line(given, 5) is None
+
+
+def test_learning_rate_auto_without_a_validation_split_is_refused():
+    with pytest.raises(TrainingError, match="learning_rate 'auto' needs a validation split"):
+        train_model(paired_cohort(), config(epochs=2, learning_rate=None, val_fraction=0.0))

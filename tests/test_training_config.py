@@ -239,3 +239,9 @@ def test_the_defaults_are_the_demo_recipe_but_for_the_recipe_name():
     demo = TrainingConfig.from_toml(demo_recipe_path())
     assert replace(demo, recipe=TrainingConfig().recipe) == TrainingConfig()
     assert TrainingConfig().learning_rate == 2e-3
+
+
+def test_learning_rate_auto_is_a_flag_value_and_a_toml_word(tmp_path):
+    config = printed_config("--learning-rate", "auto")
+    assert config.learning_rate is None
+    assert tomllib.loads(config.to_toml())["learning_rate"] == "auto"

@@ -57,8 +57,9 @@ class TrainingConfig:
                               low=2, high=100_000, flag="--patients-per-step")
     patches_per_slide: int = setting(512, "Patches sampled per slide per step (without replacement).",
                                      unit="patches", low=1, high=10_000_000)
-    learning_rate: float = setting(2e-3, "Peak AdamW learning rate (after warm-up, then cosine decay).",
-                                   low=0.0, high=1.0, open_low=True)
+    learning_rate: float | None = setting(2e-3, "Peak AdamW learning rate (after warm-up, then cosine decay); "
+                                          "'auto': a short seeded sweep on the validation split picks it.",
+                                          low=0.0, high=1.0, open_low=True, none="auto")
     weight_decay: float = setting(0.01, "AdamW weight decay on weight matrices.", low=0.0, high=10.0)
     warmup_fraction: float = setting(0.1, "Linear warm-up length.", unit="fraction of all planned steps",
                                      low=0.0, high=1.0, open_high=True, flag="--warmup")

@@ -31,7 +31,7 @@ from threads_search.atlas.slides import slide_records
 from threads_search.atlas.store import Atlas
 from threads_search.atlas.stored_models import load_atlas_model, model_recipe, resolve_model_id, store_model
 from threads_search.atlas.where import check_where
-from threads_search.errors import TrainingError
+from threads_search.errors import InputError, TrainingError
 from threads_search.training.job import _profile_table
 from threads_search.training.paired_data import PairedDataset, split_patients
 from threads_search.training.trainer import (
@@ -116,6 +116,8 @@ class _AlignmentRun:
         from threads_search.encoders.aligned import AlignedModel
 
         config.check()
+        if config.learning_rate is None:
+            raise InputError("learning_rate 'auto' is for the joint trainer; with --slide-encoder give --learning-rate")
         self.config, self.device, self.labels = config, device, labels
         self.rng = np.random.default_rng(config.seed)
         with_profiles = {str(p) for table in dataset.profile_tables().values() for p in table.patient_ids}

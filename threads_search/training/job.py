@@ -119,7 +119,9 @@ def train_atlas_model(atlas: Atlas, config=None, where_sql: str | None = None, l
         raise
     provenance = {"where": where_sql, "label": label_column, "best_epoch": result.best_epoch,
                   "initial_val_map": result.initial_val_map, "device": result.device,
-                  "history": [vars(r) for r in result.history], "config": _config_dict(requested)}
+                  "history": [vars(r) for r in result.history], "config": _config_dict(requested),
+                  "learning_rate_sweep": {str(k): v for k, v in result.learning_rate_sweep.items()},
+                  "chosen_learning_rate": result.chosen_learning_rate}
     model_id, baseline_id = store_models(atlas, [(result.model, provenance),
                                                  (_fitted_baseline(dataset, config), {"where": where_sql, "baseline": True})])
     return TrainJobResult(model_id=model_id, baseline_id=baseline_id, training=result,

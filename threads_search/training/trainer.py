@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -65,6 +65,8 @@ class TrainingResult:
     device: str
     stopped_early: bool = False
     val_modalities: list[str] = field(default_factory=list)  # the profile modalities that queried the validation slides
+    learning_rate_sweep: dict[float, float | None] = field(default_factory=dict)  # learning_rate 'auto': score per rate
+    chosen_learning_rate: float | None = None  # learning_rate 'auto': the rate the sweep picked
 
 
 class TrainingDiverged(TrainingError):
@@ -295,7 +297,14 @@ def train_model(dataset: PairedDataset, config: TrainingConfig = TrainingConfig(
     config.check()
     device = resolve_device(config.device)
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
-        return _train(dataset, config, on_step, on_epoch)
+        if config.learning_rate is not None:
+            return _train(dataset, config, on_step, on_epoch)
+        from threads_search.training.lr_sweep import choose_learning_rate
+
+        rate, scores = choose_learning_rate(dataset, config)
+        result = _train(dataset, replace(config, learning_rate=rate), on_step, on_epoch)
+        result.learning_rate_sweep, result.chosen_learning_rate = scores, rate
+        return result
 
 
 def _train(dataset: PairedDataset, config: TrainingConfig, on_step: Callable[[StepProgress], None] | None,
