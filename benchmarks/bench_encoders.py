@@ -81,13 +81,13 @@ def run_encode_case(n_patches: int, method: str, threads: int, repeats: int) -> 
 
 
 def synthetic_training_set(n_slides: int, seed: int = 0):
-    from threads_search.training.paired_data import PairedDataset, ProfileTable, SlideRecord
+    from threads_search.training.paired_data import PairedDataset, PairedProfiles, SlideRecord
 
     rng = np.random.default_rng(seed)
     patients = [f"P{i:04d}" for i in range(n_slides)]
     slides = [SlideRecord(f"S{i:04d}", p, rng.standard_normal((int(rng.integers(200, 2000)), IN_DIM), dtype=np.float32))
               for i, p in enumerate(patients)]
-    expression = ProfileTable(patients, rng.gamma(2.0, 5.0, size=(n_slides, 2000)), [f"G{i}" for i in range(2000)], "tpm")
+    expression = PairedProfiles(patients, rng.gamma(2.0, 5.0, size=(n_slides, 2000)), [f"G{i}" for i in range(2000)], "tpm")
     return PairedDataset(slides, expression)
 
 

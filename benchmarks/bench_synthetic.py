@@ -94,7 +94,7 @@ def trained_results(files, heldout_slides: list[dict], epochs: int, seed: int) -
     """Train threads-abmil-cpu on the training sites, embed the held-out first slides."""
     import torch
 
-    from threads_search.training.paired_data import PairedDataset, ProfileTable, SlideRecord
+    from threads_search.training.paired_data import PairedDataset, PairedProfiles, SlideRecord
     from threads_search.training.trainer import TrainingConfig, train_model
 
     torch.set_num_threads(1)
@@ -104,7 +104,7 @@ def trained_results(files, heldout_slides: list[dict], epochs: int, seed: int) -
     train_rows = [i for i, s in enumerate(sample_ids) if samples[s]["cohort"] == "train"]
     dataset = PairedDataset(
         slides=[SlideRecord(r["slide_id"], r["patient_id"], read_bag(files, r["slide_id"])) for r in slides],
-        expression=ProfileTable([samples[sample_ids[i]]["patient_id"] for i in train_rows], tpm[train_rows],
+        expression=PairedProfiles([samples[sample_ids[i]]["patient_id"] for i in train_rows], tpm[train_rows],
                                 genes, scale="tpm"),
         labels={r["patient_id"]: r["subtype"] for r in slides},
     )

@@ -86,11 +86,11 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
 
 def _register() -> None:
     from threads_search.cli import (atlas_commands, demo_commands, eval_commands, extract, ingest_commands, model_commands,
-                                    search_commands, serve_commands)
+                                    search_commands, serve_commands, train_command)
 
     commands = {
         app: [("demo", demo_commands.demo), ("init", atlas_commands.init), ("info", atlas_commands.info),
-              ("remove", atlas_commands.remove), ("check", atlas_commands.check), ("extract", extract.extract), ("train", model_commands.train),
+              ("remove", atlas_commands.remove), ("check", atlas_commands.check), ("extract", extract.extract), ("train", train_command.train),
               ("embed", model_commands.embed), ("index", model_commands.index), ("search", search_commands.search),
               ("prototypes", search_commands.prototypes), ("classify", search_commands.classify),
               ("eval", eval_commands.evaluate), ("fewshot", eval_commands.fewshot), ("heatmap", extract.heatmap),

@@ -9,6 +9,7 @@ import typer
 
 from threads_search.cli.options import QUIET, Modality, choice, flag, value
 from threads_search.cli.render import table, warn
+from threads_search.errors import ThreadsSearchError
 
 
 def init(atlas: Path = typer.Argument(..., help="Folder to create the atlas in.")) -> None:
@@ -36,6 +37,20 @@ def info(atlas: Path = typer.Argument(..., help="Atlas folder."),
 def _recipe_label(model: dict) -> str:
     encoder = model.get("encoder")  # a precomputed set's --encoder
     return f"{model['recipe']} ({encoder})" if encoder else model["recipe"]
+
+
+def _training_config(model: dict) -> str:
+    """'training config of model ID (--where ..., --label ...):' and its TOML, indented two spaces."""
+    from threads_search.training.config import FIELDS, TrainingConfig
+
+    training = model["training"]
+    selection = "".join(f", --{name} {training[name]!r}" for name in ("where", "label") if training.get(name))
+    try:
+        text = TrainingConfig.from_values({k: v for k, v in training["config"].items() if k in FIELDS}).to_toml(comments=False)
+    except ThreadsSearchError:  # a record from an older version: shown as stored
+        text = "".join(f"{k} = {v!r}\n" for k, v in training["config"].items())
+    body = "".join(f"  {line}\n" for line in text.splitlines())
+    return f"training config of model {model['model_id']} ({model['recipe']}{selection}):\n{body.rstrip()}"
 
 
 def _render_info(summary: dict) -> str:
@@ -66,6 +81,7 @@ def _render_info(summary: dict) -> str:
     if summary["models"]:
         lines.append("models:\n" + table([[m["model_id"], _recipe_label(m), m["created_at"]] for m in summary["models"]],
                                          ["model", "recipe", "created"]))
+        lines += [_training_config(m) for m in summary["models"] if "training" in m]
     if summary["embeddings"]:
         lines.append("embeddings:\n" + table([[e["model_id"], e["modality"], e["vectors"]] for e in summary["embeddings"]],
                                              ["model", "modality", "vectors"]))

@@ -1,4 +1,4 @@
-"""`train`, `embed`, `index`."""
+"""`embed`, `index` (`train` is in train_command.py)."""
 
 from __future__ import annotations
 
@@ -9,58 +9,6 @@ import typer
 from threads_search.cli.options import QUIET, Device, IndexKind, choice, device_name, flag, value
 from threads_search.cli.region_commands import Level
 from threads_search.cli.render import progress_bar, table, warn
-
-
-def train(atlas: Path = typer.Argument(..., help="Atlas folder."),
-          where: str = typer.Option(None, "--where", help="SQL over metadata selecting the training slides, e.g. \"cohort = 'train'\"."),
-          epochs: int = typer.Option(30, "--epochs", help="Maximum epochs (early stopping on validation mAP)."),
-          device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (bf16 autocast on CUDA)."),
-          recipe: str = typer.Option(None, "--recipe", help="Model recipe (default: threads-abmil on CUDA, threads-abmil-cpu on CPU)."),
-          batch_size: int = typer.Option(32, "--batch-size", help="Patients per step."),
-          patches: int = typer.Option(2048, "--patches-per-slide", help="Patches sampled per slide per step."),
-          label: str = typer.Option(None, "--label", help="Metadata column for validation relevance (same label = relevant)."),
-          seed: int = typer.Option(0, "--seed"),
-          out: Path = typer.Option(None, "--out", help="Also write the checkpoint (config.json + model.safetensors) here."),
-          slide_encoder: str = typer.Option(None, "--slide-encoder", help="Keep this stored model's slide embeddings "
-                                            "frozen (id, prefix or recipe: meanpool, feather ...) and train only the "
-                                            "molecular encoders into its space."),
-          quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:
-    """Train the slide and molecular encoders contrastively on paired slides and profiles."""
-    from threads_search.atlas.store import open_atlas
-    from threads_search.jobs.builtin_models import refuse_training_without_profiles
-    from threads_search.training.job import default_recipe, train_atlas_model
-    from threads_search.training.trainer import TrainingConfig
-
-    config = TrainingConfig(recipe=recipe or default_recipe(device), epochs=epochs, device=device, batch_size=batch_size,
-                            patches_per_slide=patches, seed=seed)
-    if slide_encoder is not None:
-        from threads_search.cli.align_command import train_aligned
-
-        train_aligned(atlas, slide_encoder, config, where, label, out, quiet)
-        return
-    with open_atlas(atlas) as opened, progress_bar("training (epochs)", quiet) as progress:
-        refuse_training_without_profiles(opened)
-
-        def on_epoch(record) -> None:
-            progress(record.epoch, epochs, "")
-            if not quiet:
-                val = f"{record.val_map:.3f}" if record.val_map is not None else "-"
-                typer.echo(f"  epoch {record.epoch}: loss {record.train_loss:.4f}, validation mAP@5 {val}", err=True)
-
-        result = train_atlas_model(opened, config, where, label, on_epoch=on_epoch)
-    training = result.training
-    if out is not None:
-        from threads_search.encoders.checkpoint import save_model
-
-        save_model(training.model, out)
-    typer.echo(f"trained model {result.model_id} ({config.recipe}) on {result.n_slides} slides of {result.n_patients} "
-               f"patients; best epoch {training.best_epoch} of {len(training.history)}, device {training.device}")
-    if training.history and training.initial_val_map is not None:
-        best = max((r.val_map for r in training.history if r.val_map is not None), default=None)
-        typer.echo(f"validation mAP@5: {training.initial_val_map:.3f} before training -> {best:.3f}")
-    typer.echo(f"baseline model {result.baseline_id} (meanpool) fitted on the same selection")
-    if out is not None:
-        typer.echo(f"checkpoint written to {out}")
 
 
 def embed(atlas: Path = typer.Argument(..., help="Atlas folder."),

@@ -12,7 +12,7 @@ import threads_search.training.trainer as training
 from threads_search.errors import DeviceError, InputError, TrainingError
 from threads_search.training.paired_data import (
     PairedDataset,
-    ProfileTable,
+    PairedProfiles,
     SlideRecord,
     pack_bags,
     sample_bag,
@@ -51,8 +51,8 @@ def paired_cohort(n_patients: int = 60, n_classes: int = 3, dim: int = 32, n_gen
         mutations.append(driver)
     return PairedDataset(
         slides,
-        ProfileTable(patients, np.array(expression, dtype=float), [f"G{i}" for i in range(n_genes)], "counts"),
-        ProfileTable(patients, np.array(mutations), [f"M{i}" for i in range(10)]) if with_mutations else None,
+        PairedProfiles(patients, np.array(expression, dtype=float), [f"G{i}" for i in range(n_genes)], "counts"),
+        PairedProfiles(patients, np.array(mutations), [f"M{i}" for i in range(10)]) if with_mutations else None,
         {p: str(c) for p, c in zip(patients, labels)},
     )
 
@@ -159,7 +159,7 @@ def test_refusals():
         train_model(lonely, config())
     with pytest.raises(TrainingError, match="found 0"):
         train_model(PairedDataset(cohort.slides, None), config())
-    with pytest.raises(InputError, match="batch_size must be >= 2"):
+    with pytest.raises(InputError, match=r"batch_size \(--patients-per-step\) must be in \[2, "):
         train_model(cohort, config(batch_size=1))
     with pytest.raises(InputError, match="not trainable"):
         train_model(cohort, config(recipe="meanpool"))
@@ -198,3 +198,28 @@ def test_pack_bags_and_patient_split():
     assert (train, val) == split_patients(patients, 0.3, seed=4) and len(val) == 3
     assert sorted(train + val) == patients
     assert split_patients(patients[:3], 0.3, seed=0) == (patients[:3], [])  # too few for validation
+
+
+def test_learning_rate_auto_picks_the_best_candidate_and_then_trains_as_if_it_were_given():
+    from threads_search.training.lr_sweep import CANDIDATES, SWEEP_EPOCHS
+    from threads_search.training.summary import learning_rate_line
+
+    cohort = paired_cohort()
+    auto = train_model(cohort, config(epochs=4, learning_rate=None))
+    assert list(auto.learning_rate_sweep) == list(CANDIDATES)
+    best = max(auto.learning_rate_sweep, key=lambda rate: (auto.learning_rate_sweep[rate], -rate))
+    assert auto.chosen_learning_rate == best
+    # each candidate's score is what a short run with that rate gives
+    short = train_model(cohort, config(epochs=SWEEP_EPOCHS, patience=SWEEP_EPOCHS, learning_rate=CANDIDATES[0]))
+    assert auto.learning_rate_sweep[CANDIDATES[0]] == max(r.val_map for r in short.history)
+    given = train_model(cohort, config(epochs=4, learning_rate=best))
+    for name, tensor in given.model.state_dict().items():
+        assert torch.equal(tensor, auto.model.state_dict()[name]), name
+    line = learning_rate_line(auto, 5)
+    assert line.startswith(f"learning rate 'auto': {best:g} chosen by validation mAP@5 after up to {SWEEP_EPOCHS} epochs")
+    assert learning_rate_line(given, 5) is None
+
+
+def test_learning_rate_auto_without_a_validation_split_is_refused():
+    with pytest.raises(TrainingError, match="learning_rate 'auto' needs a validation split"):
+        train_model(paired_cohort(), config(epochs=2, learning_rate=None, val_fraction=0.0))

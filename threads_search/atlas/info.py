@@ -56,11 +56,21 @@ def atlas_info(atlas: Atlas) -> dict:
         },
         "profiles": batch_summaries(atlas),
         "metadata": {column: column_summary(atlas, column, MAX_LEVELS_SHOWN) for column in atlas.metadata_columns()},
-        "models": [{**{k: v for k, v in m.items() if k != "provenance"},
-                    **({"encoder": m["provenance"].get("encoder")} if m["recipe"] == "precomputed" else {})}
-                   for m in model_summaries(atlas)],
+        "models": [_model_entry(m) for m in model_summaries(atlas)],
         "embeddings": embedding_summaries(atlas),
         "indexes": index_summaries(atlas),
         "index_shards": shard_summaries(atlas),
         "prototypes": prototype_summaries(atlas),
     }
+
+
+def _model_entry(summary: dict) -> dict:
+    """A model's id, recipe and date, plus the training config, selection and label it was trained with."""
+    entry = {k: v for k, v in summary.items() if k != "provenance"}
+    provenance = summary["provenance"]
+    if summary["recipe"] == "precomputed":
+        entry["encoder"] = provenance.get("encoder")
+    if "config" in provenance:
+        entry["training"] = {"config": provenance["config"], "where": provenance.get("where"),
+                             "label": provenance.get("label")}
+    return entry

@@ -51,32 +51,28 @@ class DemoSettings:
     quick: bool
     seed: int
     cohort: CohortConfig
-    training: object  # threads_search.training.trainer.TrainingConfig
+    training: object  # threads_search.training.config.TrainingConfig
     n_bootstrap: int
     ks: tuple[int, ...] = (1, 5, 10)
 
 
+def demo_recipe_path(quick: bool = False) -> Path:
+    """The demo's training recipe, a TOML file shipped in the package (`train --config` reads it too)."""
+    return Path(__file__).with_name("recipe-quick.toml" if quick else "recipe.toml")
+
+
 def demo_settings(quick: bool = False, seed: int = 0) -> DemoSettings:
-    """The demo's cohort and training recipe.
+    """The demo's cohort and training recipe (demo/recipe.toml, demo/recipe-quick.toml; `seed` replaces theirs).
 
     Full: `demo_config` (360 patients, 428 slides, ~270k patches), 8 epochs of the CPU-sized
-    ABMIL recipe at 512 patches per slide (benchmarks/bench_demo.py measures it). Quick:
-    `quick_config` (60 patients, small bags), for tests. The recipe is `threads-abmil-cpu`
-    on every device (a GPU just runs it faster): these hyperparameters were tuned for it.
+    ABMIL recipe at 512 patches per slide (benchmarks/bench_demo.py measures it; how the recipe
+    was chosen is in the file). Quick: `quick_config` (60 patients, small bags), for tests.
     """
-    from threads_search.training.trainer import TrainingConfig
+    from threads_search.training.config import TrainingConfig
 
-    common = {"recipe": "threads-abmil-cpu", "seed": seed, "device": "auto", "learning_rate": 2e-3}
+    training = replace(TrainingConfig.from_toml(demo_recipe_path(quick)), seed=seed)
     if quick:
-        # ~40 training patients: small batches so that an epoch has a few steps.
-        training = TrainingConfig(epochs=25, patches_per_slide=128, batch_size=16, patience=25, **common)
         return DemoSettings(True, seed, quick_config(seed), training, n_bootstrap=50)
-    # Chosen by a sweep over epochs (8-30), patches per slide (256, 512) and learning rate
-    # (2e-4 to 3e-3): a high rate converges in a few epochs (validation mAP plateaus by epoch
-    # 4-8) and generalises better than 30 epochs at 2e-4. Measured with this recipe, seeds
-    # 0 / 1 / 2, held-out mAP@5: slide -> slide 0.877 / 0.961 / 0.876 (mean pooling 0.20 /
-    # 0.19 / 0.19), expression -> slide 0.901 / 0.932 / 0.772 (chance 0.14); training 14-18 s.
-    training = TrainingConfig(epochs=8, patches_per_slide=512, batch_size=32, patience=8, **common)
     return DemoSettings(False, seed, demo_config(seed), training, n_bootstrap=1000)
 
 
@@ -190,6 +186,7 @@ def _ingest(run: _Run, atlas, files) -> None:
 
 def _train(run: _Run, atlas):
     from threads_search.training.job import train_atlas_model
+    from threads_search.training.summary import validation_line
 
     config = run.settings.training
     text = (f"training {config.recipe} on the training sites ({TRAIN_SQL}): up to {config.epochs} epochs, "
@@ -202,8 +199,11 @@ def _train(run: _Run, atlas):
     with run.stage("train", 3, text):
         trained = train_atlas_model(atlas, config, where_sql=TRAIN_SQL, label_column=LABEL, on_epoch=on_epoch)
     training = trained.training
-    run.echo(f"      kept epoch {training.best_epoch} (best validation mAP@5 over {len(training.history)} epochs, "
-             f"same subtype = relevant); model {trained.model_id}, mean-pooling baseline {trained.baseline_id}")
+    run.echo(f"      kept epoch {training.best_epoch} (best validation mAP@{config.eval_k} over {len(training.history)} "
+             f"epochs, same {LABEL} = relevant); model {trained.model_id}, mean-pooling baseline {trained.baseline_id}")
+    line = validation_line(training.initial_val_map, training.history, training.val_modalities, LABEL, config.eval_k)
+    if line:
+        run.echo(f"      {line}")
     run.payload["models"] = {
         "trained": trained.model_id, "meanpool": trained.baseline_id, "recipe": config.recipe,
         "device": training.device, "n_training_slides": trained.n_slides, "n_training_patients": trained.n_patients,

@@ -27,11 +27,11 @@ import torch.nn.functional as F
 
 from threads_search.atlas.embeddings import load_embeddings
 from threads_search.atlas.items import patient_labels
-from threads_search.atlas.slides import slide_records
+from threads_search.atlas.slides import slide_items
 from threads_search.atlas.store import Atlas
 from threads_search.atlas.stored_models import load_atlas_model, model_recipe, resolve_model_id, store_model
 from threads_search.atlas.where import check_where
-from threads_search.errors import TrainingError
+from threads_search.errors import InputError, TrainingError
 from threads_search.training.job import _profile_table
 from threads_search.training.paired_data import PairedDataset, split_patients
 from threads_search.training.trainer import (
@@ -59,7 +59,7 @@ def frozen_slide_vectors(atlas: Atlas, slide_model_id: str, where_sql: str | Non
                          ) -> tuple[dict[str, list[np.ndarray]], int, list[str]]:
     """patient_id -> its selected slides' stored (dim,) unit vectors; (that, n slides, notes)."""
     where = check_where(atlas, where_sql)
-    records = slide_records(atlas, atlas.filter_vids(where, "slides") if where else None)
+    records = slide_items(atlas, atlas.filter_vids(where, "slides") if where else None)
     if not records:
         raise TrainingError(f"no slides match --where {where.text!r}" if where else "the atlas holds no slides")
     vids, vectors = load_embeddings(atlas, slide_model_id, "slides", np.array([r.vid for r in records], np.int64))
@@ -116,6 +116,8 @@ class _AlignmentRun:
         from threads_search.encoders.aligned import AlignedModel
 
         config.check()
+        if config.learning_rate is None:
+            raise InputError("learning_rate 'auto' is for the joint trainer; with --slide-encoder give --learning-rate")
         self.config, self.device, self.labels = config, device, labels
         self.rng = np.random.default_rng(config.seed)
         with_profiles = {str(p) for table in dataset.profile_tables().values() for p in table.patient_ids}

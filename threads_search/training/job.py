@@ -33,8 +33,8 @@ class TrainJobResult:
 
 
 def _profile_table(atlas: Atlas, modality: str, patients: set[str]):
-    """One ProfileTable over the genes shared by every ingest batch of the modality, or None."""
-    from threads_search.training.paired_data import ProfileTable
+    """One PairedProfiles over the genes shared by every ingest batch of the modality, or None."""
+    from threads_search.training.paired_data import PairedProfiles
 
     matrices = load_profiles(atlas, modality)
     if not matrices:
@@ -58,7 +58,7 @@ def _profile_table(atlas: Atlas, modality: str, patients: set[str]):
         return None
     scales = {m.scale for m in matrices}
     scale = matrices[0].scale if len(scales) == 1 else "log"
-    return ProfileTable(patient_ids=owners, matrix=np.stack(rows), genes=genes, scale=scale or "log")
+    return PairedProfiles(patient_ids=owners, matrix=np.stack(rows), genes=genes, scale=scale or "log")
 
 
 def _slide_sources(slides: list[AtlasSlide], feature_dim: int):
@@ -111,7 +111,7 @@ def train_atlas_model(atlas: Atlas, config=None, where_sql: str | None = None, l
     if dataset.expression is None and dataset.mutations is None:
         raise TrainingError("no expression or mutation profile belongs to the selected slides' patients; nothing to pair")
     model_overrides = {"in_dim": int(atlas.meta("feature_dim")), "patch_encoder": atlas.meta("patch_encoder") or ""}
-    config = _with_model_overrides(config, model_overrides)
+    requested, config = config, _with_model_overrides(config, model_overrides)
     try:
         result = train_model(dataset, config, on_step=on_step, on_epoch=on_epoch)
     except TrainingDiverged as diverged:
@@ -119,7 +119,9 @@ def train_atlas_model(atlas: Atlas, config=None, where_sql: str | None = None, l
         raise
     provenance = {"where": where_sql, "label": label_column, "best_epoch": result.best_epoch,
                   "initial_val_map": result.initial_val_map, "device": result.device,
-                  "history": [vars(r) for r in result.history], "config": _config_dict(config)}
+                  "history": [vars(r) for r in result.history], "config": _config_dict(requested),
+                  "learning_rate_sweep": {str(k): v for k, v in result.learning_rate_sweep.items()},
+                  "chosen_learning_rate": result.chosen_learning_rate}
     model_id, baseline_id = store_models(atlas, [(result.model, provenance),
                                                  (_fitted_baseline(dataset, config), {"where": where_sql, "baseline": True})])
     return TrainJobResult(model_id=model_id, baseline_id=baseline_id, training=result,
@@ -134,6 +136,8 @@ def _with_model_overrides(config, overrides: dict):
 
 
 def _config_dict(config) -> dict:
+    """The config as the caller gave it (the atlas's in_dim and patch encoder are in the model's own
+    config.json), so that `info` shows a file `train --config` reads back to the same config."""
     import dataclasses
 
     return {k: (dict(v) if isinstance(v, dict) or hasattr(v, "items") else v) for k, v in dataclasses.asdict(config).items()}

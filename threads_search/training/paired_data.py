@@ -31,7 +31,7 @@ class SlideRecord:
 
 
 @dataclass(frozen=True)
-class ProfileTable:
+class PairedProfiles:
     """Profiles as rows of a matrix over named genes.
 
     Attributes:
@@ -63,11 +63,11 @@ class PairedDataset:
     """
 
     slides: Sequence[SlideRecord]
-    expression: ProfileTable | None = None
-    mutations: ProfileTable | None = None
+    expression: PairedProfiles | None = None
+    mutations: PairedProfiles | None = None
     labels: Mapping[str, str] | None = None
 
-    def profile_tables(self) -> dict[str, ProfileTable]:
+    def profile_tables(self) -> dict[str, PairedProfiles]:
         tables = {"expression": self.expression, "mutations": self.mutations}
         return {name: table for name, table in tables.items() if table is not None}
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -29,45 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from threads_search.encoders.molecular import ExpressionNormaliser, MutationPanel
-from threads_search.encoders.registry import create_model, get_model_spec
+from threads_search.encoders.registry import create_model
 from threads_search.errors import DeviceError, InputError, TrainingError
+from threads_search.training.config import TrainingConfig  # noqa: F401  (re-exported: callers import it from here)
 from threads_search.training.paired_data import PairedDataset, SlideRecord, pack_bags, sample_bag, split_patients
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Everything that decides a training run (recorded beside the model by the caller)."""
-
-    recipe: str = "threads-abmil"
-    model: Mapping[str, Any] = field(default_factory=dict)  # overrides of the recipe's config
-    epochs: int = 30
-    batch_size: int = 32  # patients per step
-    patches_per_slide: int = 2048
-    learning_rate: float = 2e-4
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.1  # of all planned steps
-    max_logit_scale: float = 100.0
-    grad_clip_norm: float | None = 1.0
-    val_fraction: float = 0.2  # of paired patients
-    patience: int = 5  # epochs without validation improvement before stopping
-    eval_k: int = 5
-    n_top_genes: int | None = 2000
-    max_mutation_genes: int | None = None
-    seed: int = 0
-    device: str = "auto"  # 'auto' | 'cpu' | 'cuda'
-
-    def check(self) -> None:
-        minimums = {"epochs": 1, "batch_size": 2, "patches_per_slide": 1, "eval_k": 1, "patience": 1}
-        for name, minimum in minimums.items():
-            if getattr(self, name) < minimum:
-                raise InputError(f"training option {name} must be >= {minimum}, got {getattr(self, name)}")
-        if self.learning_rate <= 0 or self.max_logit_scale <= 1:
-            raise InputError(f"training options learning_rate ({self.learning_rate}) must be > 0 and "
-                             f"max_logit_scale ({self.max_logit_scale}) > 1")
-        if not 0.0 <= self.warmup_fraction < 1.0:
-            raise InputError(f"training option warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        if not get_model_spec(self.recipe).trainable:
-            raise InputError(f"model '{self.recipe}' is not trainable")
 
 
 @dataclass(frozen=True)
@@ -99,6 +64,9 @@ class TrainingResult:
     val_patients: list[str]
     device: str
     stopped_early: bool = False
+    val_modalities: list[str] = field(default_factory=list)  # the profile modalities that queried the validation slides
+    learning_rate_sweep: dict[float, float | None] = field(default_factory=dict)  # learning_rate 'auto': score per rate
+    chosen_learning_rate: float | None = None  # learning_rate 'auto': the rate the sweep picked
 
 
 class TrainingDiverged(TrainingError):
@@ -299,6 +267,9 @@ class _ContrastiveRun:
         self.model.train()
         return tuple(float(v) for v in np.mean(results, axis=0)) if results else None
 
+    def validated_modalities(self) -> list[str]:
+        return [m.name for m in self.modalities if any(p in m.rows_by_patient for p in self.val_patients)]
+
     def _relevance_key(self, patient_id: str) -> str:
         if self.labels is None:
             return str(patient_id)
@@ -326,7 +297,14 @@ def train_model(dataset: PairedDataset, config: TrainingConfig = TrainingConfig(
     config.check()
     device = resolve_device(config.device)
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
-        return _train(dataset, config, on_step, on_epoch)
+        if config.learning_rate is not None:
+            return _train(dataset, config, on_step, on_epoch)
+        from threads_search.training.lr_sweep import choose_learning_rate
+
+        rate, scores = choose_learning_rate(dataset, config)
+        result = _train(dataset, replace(config, learning_rate=rate), on_step, on_epoch)
+        result.learning_rate_sweep, result.chosen_learning_rate = scores, rate
+        return result
 
 
 def _train(dataset: PairedDataset, config: TrainingConfig, on_step: Callable[[StepProgress], None] | None,
@@ -336,7 +314,7 @@ def _train(dataset: PairedDataset, config: TrainingConfig, on_step: Callable[[St
     best_map = initial[0] if initial else -math.inf
     best_state, best_epoch, epochs_without_gain = run.state(), 0, 0
     result = TrainingResult(run.model, [], 0, initial[0] if initial else None, run.train_patients, run.val_patients,
-                            str(run.device))
+                            str(run.device), val_modalities=run.validated_modalities())
     run.model.train()
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
