@@ -96,7 +96,7 @@ def _register() -> None:
               ("eval", eval_commands.evaluate), ("fewshot", eval_commands.fewshot), ("heatmap", extract.heatmap),
               ("serve", serve_commands.serve)],
         ingest_app: [("slides", ingest_commands.slides), ("expression", ingest_commands.expression),
-                     ("mutations", ingest_commands.mutations)],
+                     ("mutations", ingest_commands.mutations), ("slide-embeddings", ingest_commands.slide_embeddings)],
     }
     for group, entries in commands.items():
         for name, function in entries:

@@ -34,6 +34,11 @@ def info(atlas: Path = typer.Argument(..., help="Atlas folder."),
     typer.echo(_render_info(summary))
 
 
+def _recipe_label(model: dict) -> str:
+    encoder = model.get("encoder")  # a precomputed set's --encoder
+    return f"{model['recipe']} ({encoder})" if encoder else model["recipe"]
+
+
 def _training_config(model: dict) -> str:
     """'training config of model ID (--where ..., --label ...):' and its TOML, indented two spaces."""
     from threads_search.training.config import FIELDS, TrainingConfig
@@ -55,10 +60,13 @@ def _render_info(summary: dict) -> str:
              f"{items['mutations']} mutation profiles, {summary['patients']} patients",
              f"pairing: {pairing['slides_with_expression']} slides with expression, "
              f"{pairing['slides_with_mutations']} with mutations, {pairing['slides_with_both']} with both"]
-    if items["slides"]:
+    if items["slides"] and features.get("patches_per_slide"):  # not for slides known by their embeddings only
         low, high = features["patches_per_slide"]
         lines.append(f"features: dim {features['feature_dim']}, patch encoder {features['patch_encoder'] or 'not recorded'}, "
                      f"dtype {'/'.join(features['dtypes'])}, {features['patches_total']} patches ({low}-{high} per slide)")
+    embedding_only = items["slides"] - features.get("slides_with_features", items["slides"])
+    if embedding_only:
+        lines.append(f"{embedding_only} slides known by precomputed slide embeddings only (no patch features)")
     for batch in summary["profiles"]:
         lines.append(f"{batch['modality']}: {batch['samples']} samples x {batch['genes']} genes, scale {batch['scale']} "
                      f"({batch['scale_reason']}) from {batch['source']}")
@@ -71,7 +79,7 @@ def _render_info(summary: dict) -> str:
             parts.append(f"{level}=" + "/".join(f"{n} {m}" for m, n in by_modality.items()))
         lines.append(f"{column}: " + ", ".join(parts))
     if summary["models"]:
-        lines.append("models:\n" + table([[m["model_id"], m["recipe"], m["created_at"]] for m in summary["models"]],
+        lines.append("models:\n" + table([[m["model_id"], _recipe_label(m), m["created_at"]] for m in summary["models"]],
                                          ["model", "recipe", "created"]))
         lines += [_training_config(m) for m in summary["models"] if "training" in m]
     if summary["embeddings"]:

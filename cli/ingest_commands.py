@@ -27,6 +27,8 @@ def slides(atlas: Path = typer.Argument(..., help="Atlas folder."),
            replace: bool = _REPLACE, strict: bool = _STRICT,
            wsi_dir: Path = typer.Option(None, "--wsi-dir", help="Folder of raw slides (searched recursively), paired "
                                         "with the features by slide id / file stem, so `serve` can show them."),
+           encoder: str = typer.Option(None, "--encoder", help="Patch encoder of files that name none (CLAM), e.g. "
+                                       "uni_v1; recorded, and files that name another are refused."),
            quiet: bool = QUIET) -> None:
     """Ingest patch-feature files (one per slide; slide id = file stem)."""
     from threads_search.atlas.store import open_atlas
@@ -34,7 +36,7 @@ def slides(atlas: Path = typer.Argument(..., help="Atlas folder."),
 
     with open_atlas(atlas) as opened, progress_bar("checking feature files", quiet) as progress:
         report = ingest_slides(opened, features, metadata, copy=copy, replace=replace, strict=strict, progress=progress,
-                               wsi_dir=wsi_dir)
+                               wsi_dir=wsi_dir, encoder=encoder)
     _summarise(report, "slides")
 
 
@@ -68,3 +70,23 @@ def mutations(atlas: Path = typer.Argument(..., help="Atlas folder."),
     with open_atlas(atlas) as opened:
         report = ingest_mutations(opened, files, metadata, replace=replace, strict=strict)
     _summarise(report, "mutation profiles")
+
+
+def slide_embeddings(atlas: Path = typer.Argument(..., help="Atlas folder."),
+                     files: list[str] = typer.Argument(..., help="TRIDENT slide_features_<enc>/*.h5, Patho-Bench pooled "
+                                                          ".h5 ((D,) or (1, D)), one .npy (with --ids) or Parquet files, folders or globs."),
+                     encoder: str = typer.Option(None, "--encoder", help="The slide encoder that made them (titan, feather, "
+                                                 "chief, prism ...): one frozen model per name and dimension. Default: "
+                                                 "<enc> of a TRIDENT slide_features_<enc> folder."),
+                     metadata: Path = _METADATA,
+                     ids: Path = typer.Option(None, "--ids", help="For a .npy file: its slide ids, one per line in row order."),
+                     patch_encoder: str = typer.Option(None, "--patch-encoder", help="Patch features they were computed "
+                                                       "from (recorded, e.g. conch_v15)."),
+                     strict: bool = _STRICT, quiet: bool = QUIET) -> None:
+    """Ingest precomputed slide embeddings as a frozen model (no training; unknown ids become slides)."""
+    from threads_search.atlas.store import open_atlas
+    from threads_search.ingest.slide_embeddings import ingest_slide_embeddings
+
+    with open_atlas(atlas) as opened:
+        report, model_id, name = ingest_slide_embeddings(opened, files, encoder, metadata, ids, patch_encoder, strict)
+    _summarise(report, f"slide embeddings ({name}, model {model_id})")

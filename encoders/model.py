@@ -47,7 +47,9 @@ def check_feature_source(model: Any, feature_dim: int, patch_encoder: str | None
     if feature_dim != model.in_dim:
         raise ModelMismatchError(f"model '{model.recipe}' expects {model.in_dim}-d patch features "
                                  f"({model.patch_encoder or 'unknown patch encoder'}) but got {feature_dim}-d features")
-    if patch_encoder and model.patch_encoder and patch_encoder != model.patch_encoder:
+    from threads_search.encoders.patch.names import same_patch_encoder
+
+    if patch_encoder and model.patch_encoder and not same_patch_encoder(patch_encoder, model.patch_encoder):
         raise ModelMismatchError(f"model '{model.recipe}' was built on '{model.patch_encoder}' patch features, "
                                  f"not '{patch_encoder}'")
 

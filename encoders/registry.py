@@ -17,7 +17,8 @@ from typing import Any, Callable, Mapping
 from threads_search.errors import InputError
 
 _BUILTIN_MODULES = ("threads_search.encoders.model", "threads_search.encoders.baselines", "threads_search.encoders.published",
-                    "threads_search.encoders.aligned", "threads_search.encoders.hf_slide")
+                    "threads_search.encoders.aligned", "threads_search.encoders.hf_slide",
+                    "threads_search.encoders.precomputed")
 
 
 @dataclass(frozen=True)

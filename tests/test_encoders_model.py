@@ -162,7 +162,7 @@ def test_meanpool_round_trips_through_a_checkpoint(tmp_path):
 def test_registry_lists_creates_and_suggests():
     assert {"threads-abmil", "threads-abmil-cpu", "meanpool"} <= set(list_models())
     assert list_models("threads-*") == ["threads-abmil", "threads-abmil-cpu"]
-    assert list_models(trainable=False) == ["aligned", "chief", "feather", "meanpool", "prism", "threads", "titan"]  # not by `train --recipe`
+    assert list_models(trainable=False) == ["aligned", "chief", "feather", "meanpool", "precomputed", "prism", "threads", "titan"]  # not by `train --recipe`
     assert get_model_spec("threads-abmil-cpu").default_config["hidden_dim"] == 128
     cpu_model = create_model("threads-abmil-cpu", in_dim=24)
     assert cpu_model.config.hidden_dim == 128 and cpu_model.recipe == "threads-abmil-cpu"

@@ -261,6 +261,9 @@ def test_features_file_region_query_and_encoder_mismatch(region_atlas, tmp_path)
     other = write_trident(tmp_path / "other.h5", np.ones((4, 768), np.float16), encoder="uni_v1")
     result = runner.invoke(app, ["search", str(path), "--features", str(other), "--patch", "0"])
     assert result.exit_code == 2 and "uni_v1" in result.output
+    respelled = write_trident(tmp_path / "respelled.h5", np.ones((4, 768), np.float16), encoder="Synthetic-Conch-v15")
+    result = runner.invoke(app, ["search", str(path), "--features", str(respelled), "--patch", "0", "--format", "json"])
+    assert result.exit_code == 0, result.output  # another spelling of the atlas's encoder (alias table) is the same
 
 
 def test_search_without_patch_index_says_how_to_build(tmp_path):

@@ -162,7 +162,6 @@ class StainTextureEncoder(nn.Module):
         "CPU default, no download: stain histograms in optical-density/HED space + a fixed "
         "multi-scale Gabor/LoG filter bank (384-d); not a substitute for CONCH or UNI"
     ),
-    aliases=("builtin",),
 )
 def build_stain_texture(spec: PatchEncoderSpec, weights) -> tuple[PatchEncoderSpec, nn.Module]:
     if weights is not None:

@@ -80,7 +80,6 @@ def build_uni_v1(spec: PatchEncoderSpec, weights: Path) -> tuple[PatchEncoderSpe
     description="UNI2-h (ViT-H/14, MahmoodLab), 1536-d; --weights: state dict (needs timm) or TorchScript",
     needs_weights=True,
     requires_package="timm",
-    aliases=("uni_v2",),
 )
 def build_uni2_h(spec: PatchEncoderSpec, weights: Path) -> tuple[PatchEncoderSpec, torch.nn.Module]:
     if is_torchscript_file(weights):

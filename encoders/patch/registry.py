@@ -122,6 +122,11 @@ def _load_entries() -> None:
     if not _entries_loaded:
         for module in _ENTRY_MODULES:
             importlib.import_module(module)
+        from threads_search.encoders.patch.names import registry_aliases
+
+        # The spellings of registered encoders come from the one alias table (names.py).
+        _ALIASES.update({alias: name for alias, name in registry_aliases().items()
+                         if name in _SPECS and alias not in _SPECS})
         _entries_loaded = True
 
 
@@ -135,8 +140,12 @@ def _unknown_name_error(name: str) -> InputError:
 
 def get_patch_encoder_spec(name: str) -> PatchEncoderSpec:
     """Spec of a registered name or alias; InputError with close matches otherwise."""
+    from threads_search.encoders.patch.names import canonical_patch_encoder
+
     _load_entries()
     canonical = _ALIASES.get(name, name)
+    if canonical not in _SPECS:
+        canonical = canonical_patch_encoder(name) or name
     if canonical not in _SPECS:
         raise _unknown_name_error(name)
     return _SPECS[canonical]

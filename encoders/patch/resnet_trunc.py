@@ -91,7 +91,6 @@ class ResNet50Trunc(nn.Module):
     output_dim=ResNet50Trunc.output_dim,
     description="ImageNet ResNet-50 cut after layer3, 1024-d (CLAM/TRIDENT 'resnet50'); torchvision/timm weights file",
     needs_weights=True,
-    aliases=("resnet50",),
 )
 def build_resnet50_trunc(spec: PatchEncoderSpec, weights: Path) -> tuple[PatchEncoderSpec, nn.Module]:
     if is_torchscript_file(weights):

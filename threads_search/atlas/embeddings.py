@@ -60,6 +60,16 @@ def write_part(atlas: Atlas, model_id: str, modality: str, vids: np.ndarray, vec
     return relative
 
 
+def add_part(atlas: Atlas, model_id: str, modality: str, vids: np.ndarray, vectors: np.ndarray) -> str:
+    """`write_part` inside the CALLER's transaction (with the items it creates): the file is
+    written now and recorded by the caller's commit; if that rolls back the caller unlinks it
+    (or the writer's garbage collection does, as a file no record references)."""
+    vids = np.asarray(vids, dtype=np.int64)
+    relative = layout.new_embedding_part(model_id, modality)
+    _record(atlas, model_id, modality, relative, vids, _write_file(atlas, relative, vids, vectors))
+    return relative
+
+
 @dataclass(frozen=True)
 class _Parts:
     names: list[str]

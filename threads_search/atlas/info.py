@@ -52,6 +52,7 @@ def atlas_info(atlas: Atlas) -> dict:
             "patches_total": slides["patches_total"],
             "patches_per_slide": slides["patches_per_slide"],
             "copied_into_atlas": slides["copied_into_atlas"],
+            "slides_with_features": slides["slides"],  # the others are known by precomputed embeddings only
         },
         "profiles": batch_summaries(atlas),
         "metadata": {column: column_summary(atlas, column, MAX_LEVELS_SHOWN) for column in atlas.metadata_columns()},
@@ -64,9 +65,12 @@ def atlas_info(atlas: Atlas) -> dict:
 
 
 def _model_entry(summary: dict) -> dict:
-    """A model's id, recipe and date, plus the training config, selection and label it was trained with."""
+    """A model's id, recipe and date (a precomputed set's encoder), plus the training config, selection and
+    label it was trained with."""
     entry = {k: v for k, v in summary.items() if k != "provenance"}
     provenance = summary["provenance"]
+    if summary["recipe"] == "precomputed":  # a precomputed set's --encoder
+        entry["encoder"] = provenance.get("encoder")
     if "config" in provenance:
         entry["training"] = {"config": provenance["config"], "where": provenance.get("where"),
                              "label": provenance.get("label")}

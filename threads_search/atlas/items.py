@@ -51,6 +51,34 @@ def upsert_items(atlas: Atlas, modality: str, item_ids: list[str], patient_ids: 
                   [modality, modality])
 
 
+def insert_new_items(atlas: Atlas, modality: str, item_ids: list[str], patient_ids: list[str | None]) -> None:
+    """Items the atlas does not hold yet (a vid each; the patient given, else the id's default)."""
+    import pyarrow as pa
+
+    incoming = pa.table({"item_id": pa.array(item_ids, pa.string()),
+                         "patient_id": pa.array([p or default_patient_id(i) for i, p in zip(item_ids, patient_ids)],
+                                                pa.string())})
+    with atlas.registered("new_items", incoming):
+        atlas.sql("INSERT INTO items (vid, modality, item_id, patient_id) "
+                  "SELECT nextval('vid_sequence'), ?, item_id, patient_id FROM new_items", [modality])
+
+
+def pair_items(atlas: Atlas, modality: str, item_ids: list[str], patient_ids: list[str | None],
+               sample_ids: list[str | None] | None = None) -> None:
+    """Give existing items a patient / sample (where one is given) and KEEP their vector ids: for
+    data that is new beside what they hold (patch features of a slide known by its embeddings)."""
+    import pyarrow as pa
+
+    if not item_ids:
+        return
+    incoming = pa.table({"item_id": pa.array(item_ids, pa.string()), "patient_id": pa.array(patient_ids, pa.string()),
+                         "sample_id": pa.array(sample_ids or [None] * len(item_ids), pa.string())})
+    with atlas.registered("paired_items", incoming):
+        atlas.sql("""UPDATE items SET patient_id = coalesce(n.patient_id, items.patient_id),
+                            sample_id = coalesce(n.sample_id, items.sample_id)
+                     FROM paired_items n WHERE items.modality = ? AND items.item_id = n.item_id""", [modality])
+
+
 def count_items(atlas: Atlas, modality: str) -> int:
     return int(atlas.modality_vids(modality).size)
 

@@ -56,10 +56,36 @@ def slide_records(atlas: Atlas, vids: np.ndarray | None = None) -> list[AtlasSli
     return [_record(atlas, row) for row in rows]
 
 
+@dataclass(frozen=True)
+class SlideItem:
+    """A slide as an item: with patch features or known by precomputed slide embeddings only."""
+
+    slide_id: str
+    vid: int
+    patient_id: str
+
+
+def slide_items(atlas: Atlas, vids: np.ndarray | None = None) -> list[SlideItem]:
+    """Every slide item (only those with `vids`, if given), in vector-id order, whether or not it
+    has a feature file: the slides whose stored embeddings a frozen slide model is read for."""
+    import pyarrow as pa
+
+    query = "SELECT item_id, vid, patient_id FROM items WHERE modality = 'slides'"
+    if vids is None:
+        rows = atlas.sql(query + " ORDER BY vid").fetchall()
+    else:
+        with atlas.registered("selected_vids", pa.table({"vid": pa.array(np.asarray(vids, np.int64))})):
+            rows = atlas.sql(query + " AND vid IN (SELECT vid FROM selected_vids) ORDER BY vid").fetchall()
+    return [SlideItem(slide_id, int(vid), patient_id) for slide_id, vid, patient_id in rows]
+
+
 def slide_record(atlas: Atlas, slide_id: str) -> AtlasSlide:
     """One slide by id; an unknown id is a one-line InputError."""
     row = atlas.sql(_SELECT + " WHERE s.slide_id = ?", [slide_id]).fetchone()
     if row is None:
+        if atlas.sql("SELECT 1 FROM items WHERE modality = 'slides' AND item_id = ?", [slide_id]).fetchone():
+            raise InputError(f"slide '{slide_id}' has no patch features in {atlas.root} (only precomputed slide "
+                             f"embeddings); use a model that holds its embedding, or ingest its features")
         raise InputError(f"unknown slide id '{slide_id}' (not in {atlas.root})")
     return _record(atlas, row)
 

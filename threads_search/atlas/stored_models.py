@@ -43,6 +43,20 @@ def store_models(atlas: Atlas, models: list[tuple[object, dict | None]]) -> list
     return identifiers
 
 
+def record_model_files(atlas: Atlas, model_id: str, recipe: str, provenance: dict, files: list[dict]) -> None:
+    """Record a saved model (inside the caller's transaction) whose provenance lists the files it
+    was made from ({file, fingerprint, ...}); files already listed are not repeated, and a model
+    recorded before keeps its creation time."""
+    row = atlas.sql("SELECT config, created_at FROM models WHERE model_id = ?", [model_id]).fetchone()
+    previous = json.loads(row[0]) if row else {}
+    listed = previous.get("files", [])
+    seen = {(f["file"], f["fingerprint"]) for f in listed}
+    merged = {**provenance, "files": listed + [f for f in files if (f["file"], f["fingerprint"]) not in seen]}
+    atlas.sql("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?)",
+              [model_id, recipe, layout.model_folder(model_id), json.dumps(merged, sort_keys=True),
+               row[1] if row else utc_now()])
+
+
 def is_frozen_recipe(recipe: str) -> bool:
     """A baseline or published encoder (not a model trained in this atlas); unknown recipes count as trained."""
     from threads_search.encoders.registry import get_model_spec
@@ -81,8 +95,8 @@ def resolve_model_id(atlas: Atlas, requested: str | None = None, trained_only: b
     if not rows:
         raise AtlasError(f"{atlas.root}: no model yet; run `threads-search train {atlas.root}` first")
     if requested:
-        by_recipe = [model for model, recipe in rows if recipe == requested]
-        if by_recipe:  # a recipe name (meanpool, feather ...) means its newest stored model
+        by_recipe = models_named(atlas, requested)
+        if by_recipe:  # a recipe name (meanpool, feather ...) or a precomputed set's --encoder: its newest model
             return by_recipe[0]
         matches = [model for model, _ in rows if model.startswith(requested)]
         if len(matches) != 1:
@@ -95,6 +109,17 @@ def resolve_model_id(atlas: Atlas, requested: str | None = None, trained_only: b
     if trained_only:
         raise AtlasError(f"{atlas.root}: no trained model yet; run `threads-search train {atlas.root}` first")
     return rows[0][0]
+
+
+def models_named(atlas: Atlas, name: str) -> list[str]:
+    """Stored models of recipe `name`, else the precomputed sets ingested as `--encoder name`; newest first."""
+    return [model for model, recipe in list_models(atlas) if recipe == name] or _precomputed_named(atlas, name)
+
+
+def _precomputed_named(atlas: Atlas, encoder: str) -> list[str]:
+    return [r[0] for r in atlas.sql("SELECT model_id FROM models WHERE recipe = 'precomputed' AND "
+                                    "json_extract_string(config, '$.encoder') = ? ORDER BY created_at DESC, model_id",
+                                    [encoder]).fetchall()]
 
 
 def model_folder_path(atlas: Atlas, model_id: str):

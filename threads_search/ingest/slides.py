@@ -7,23 +7,26 @@ then everything is written in one transaction.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from threads_search.atlas import layout
-from threads_search.atlas.items import upsert_items
+from threads_search.atlas.items import pair_items, upsert_items, vid_by_item
 from threads_search.atlas.metadata import apply_metadata, metadata_changes
 from threads_search.atlas.slides import slide_fingerprints, write_slides
 from threads_search.atlas.store import Atlas
 from threads_search.atomic import copy_file_atomic
+from threads_search.encoders.patch.names import canonical_patch_encoder, same_patch_encoder
 from threads_search.errors import InputError
 from threads_search.atlas.slide_images import images_would_change, record_slide_images
 from threads_search.ingest.coverage import coverage_warnings
 from threads_search.ingest.plan import IngestReport, plan_writes
 from threads_search.ingest.slide_images import find_slide_images
 from threads_search.readers.metadata_csv import read_metadata_csv
-from threads_search.readers.patch_features import FeatureFileInfo, expand_feature_paths, inspect_feature_file
+from threads_search.readers.patch_features import (EmptyBagError, FeatureFileInfo, expand_feature_paths,
+                                                   inspect_feature_file)
 
 Progress = Callable[[int, int, str], None]
 
@@ -36,22 +39,50 @@ def _check_consistent(atlas: Atlas, infos: list[FeatureFileInfo]) -> None:
         if info.feature_dim != expected_dim:
             origin = f"{first_of_dim.path} has {expected_dim}" if first_of_dim else f"the atlas holds {expected_dim}-d features"
             raise InputError(f"{info.path}: feature dimension {info.feature_dim} differs ({origin})")
-    atlas_encoder = atlas.meta("patch_encoder")
-    encoders = {info.patch_encoder for info in infos if info.patch_encoder}
-    if atlas_encoder:
-        encoders.add(atlas_encoder)
-    if len(encoders) > 1:
-        offender = next(i for i in infos if i.patch_encoder and i.patch_encoder != (atlas_encoder or infos[0].patch_encoder)) \
-            if any(i.patch_encoder for i in infos) else infos[0]
-        raise InputError(f"{offender.path}: patch encoder '{offender.patch_encoder}' differs from "
-                         f"'{atlas_encoder or next(iter(encoders - {offender.patch_encoder}))}'; one atlas holds one patch encoder")
 
 
-def _inspect_all(paths: list[Path], progress: Progress | None) -> list[FeatureFileInfo]:
+def _declare_encoder(atlas: Atlas, infos: list[FeatureFileInfo], declared: str | None) -> list[FeatureFileInfo]:
+    """The files with their patch encoder: as named (any spelling of the alias table), or as
+    `--encoder` declares for files that name none (CLAM). One atlas holds one encoder; a file
+    that names none beside ones that do (in the batch or the atlas) is refused unless declared."""
+    declared = canonical_patch_encoder(declared)
+    for info in infos:
+        if declared and info.patch_encoder and not same_patch_encoder(info.patch_encoder, declared):
+            raise InputError(f"{info.path}: names patch encoder '{info.patch_encoder}', not the declared --encoder '{declared}'")
+    if declared:
+        infos = [info if info.patch_encoder else dataclasses.replace(info, patch_encoder=declared) for info in infos]
+    atlas_encoder = canonical_patch_encoder(atlas.meta("patch_encoder"))
+    named = next((info for info in infos if info.patch_encoder), None)
+    unnamed = next((info for info in infos if not info.patch_encoder), None)
+    reference = atlas_encoder or (canonical_patch_encoder(named.patch_encoder) if named else None)
+    for info in infos:
+        if info.patch_encoder and not same_patch_encoder(info.patch_encoder, reference):
+            origin = "the atlas's" if atlas_encoder else f"{named.path}'s"
+            raise InputError(f"{info.path}: patch encoder '{info.patch_encoder}' differs from {origin} '{reference}'; "
+                             f"one atlas holds one patch encoder")
+    if unnamed is not None and reference:
+        origin = "the atlas holds" if atlas_encoder else f"{named.path} names"
+        raise InputError(f"{unnamed.path}: names no patch encoder while {origin} '{reference}'; if it is the same, "
+                         f"declare it with --encoder {reference}")
+    if named is not None and not atlas_encoder and atlas.meta("feature_dim") and not declared:
+        raise InputError(f"{named.path}: names patch encoder '{named.patch_encoder}' but the atlas's slides name none; "
+                         f"if they are the same, declare it with --encoder {canonical_patch_encoder(named.patch_encoder)}")
+    return infos
+
+
+def _inspect_all(paths: list[Path], progress: Progress | None, strict: bool = True,
+                 notes: list[str] | None = None) -> list[FeatureFileInfo]:
+    """Every file checked; without `strict`, a 0-patch file is skipped with a note in `notes`."""
     infos: list[FeatureFileInfo] = []
     first_path_of: dict[str, Path] = {}
     for done, path in enumerate(paths, start=1):
-        info = inspect_feature_file(path)
+        try:
+            info = inspect_feature_file(path)
+        except EmptyBagError as error:
+            if strict or notes is None:
+                raise
+            notes.append(f"{error}; skipped (--strict refuses it)")
+            continue
         if info.slide_id in first_path_of:
             raise InputError(f"{path}: duplicate slide id '{info.slide_id}' (also {first_path_of[info.slide_id]})")
         first_path_of[info.slide_id] = path
@@ -69,17 +100,23 @@ def _copy_into_atlas(atlas: Atlas, info: FeatureFileInfo) -> str:
 
 def ingest_slides(atlas: Atlas, feature_paths: list[str | os.PathLike], metadata_csv: str | os.PathLike | None = None,
                   copy: bool = False, replace: bool = False, strict: bool = False,
-                  progress: Progress | None = None, wsi_dir: str | os.PathLike | None = None) -> IngestReport:
+                  progress: Progress | None = None, wsi_dir: str | os.PathLike | None = None,
+                  encoder: str | None = None) -> IngestReport:
     """Validate feature files, then record them (and their metadata) in one transaction.
 
     `wsi_dir` pairs slides with raw slide files by name (see `ingest.slide_images`), for
-    every given file, including those already in the atlas.
+    every given file, including those already in the atlas. `encoder` declares the patch
+    encoder of files that name none (CLAM); it is recorded and later ingests must match it.
     """
     report = IngestReport()
     paths = expand_feature_paths(list(feature_paths))
     metadata = read_metadata_csv(metadata_csv, "slide_id") if metadata_csv else None
-    infos = _inspect_all(paths, progress)
+    infos = _inspect_all(paths, progress, strict, report.warnings)
+    if not infos:
+        others = f", as every other of the {len(paths)} files given" if len(paths) > 1 else ""
+        raise InputError(f"{paths[0]}: empty bag (0 patches){others}; nothing to ingest")
     _check_consistent(atlas, infos)
+    infos = _declare_encoder(atlas, infos, encoder)
     images, image_warnings = find_slide_images(infos, Path(wsi_dir) if wsi_dir is not None else None)
     report.warnings += image_warnings
 
@@ -113,14 +150,18 @@ def ingest_slides(atlas: Atlas, feature_paths: list[str | os.PathLike], metadata
                     copied.append(atlas.path(stored_paths[-1]))
             write_slides(atlas, to_write, stored_paths, copy)
             record_slide_images(atlas, images)
-            upsert_items(atlas, "slides", [i.slide_id for i in to_write], [patient_of.get(i.slide_id) for i in to_write],
-                         [sample_of.get(i.slide_id) for i in to_write])
+            # Slides known by precomputed embeddings only keep their vid (and so those embeddings).
+            embedding_only = set(vid_by_item(atlas, "slides")) - set(existing)
+            for write, group in ((upsert_items, [i for i in to_write if i.slide_id not in embedding_only]),
+                                 (pair_items, [i for i in to_write if i.slide_id in embedding_only])):
+                write(atlas, "slides", [i.slide_id for i in group], [patient_of.get(i.slide_id) for i in group],
+                      [sample_of.get(i.slide_id) for i in group])
             if infos:
                 if not atlas.meta("feature_dim"):
                     atlas.set_meta("feature_dim", str(infos[0].feature_dim))
-                encoder = next((i.patch_encoder for i in infos if i.patch_encoder), None)
-                if encoder and not atlas.meta("patch_encoder"):
-                    atlas.set_meta("patch_encoder", encoder)
+                named = next((i.patch_encoder for i in infos if i.patch_encoder), None)
+                if named and not atlas.meta("patch_encoder"):
+                    atlas.set_meta("patch_encoder", canonical_patch_encoder(named))
             if metadata is not None:
                 report.metadata_rows_matched = apply_metadata(atlas, metadata, "slides")
     except BaseException:

@@ -15,9 +15,9 @@ from threads_search.atlas.embeddings import MAX_PARTS, compact, embedded_vids, l
 from threads_search.atlas.items import count_items, vid_by_item
 from threads_search.atlas.profiles import load_profiles
 from threads_search.atlas.schema import MODALITIES, PROFILE_MODALITIES
-from threads_search.atlas.slides import AtlasSlide, encode_atlas_slide, slide_records
+from threads_search.atlas.slides import AtlasSlide, encode_atlas_slide, slide_items, slide_records
 from threads_search.atlas.store import Atlas
-from threads_search.atlas.stored_models import list_models, load_atlas_model, resolve_model_id, store_model
+from threads_search.atlas.stored_models import load_atlas_model, models_named, resolve_model_id, store_model
 
 SLIDES_PER_PART = 64
 Progress = Callable[[int, int, str], None]
@@ -62,15 +62,20 @@ def resolve_embed_model(atlas: Atlas, model: str | None = None, weights=None) ->
     With `weights`, MODEL names a published encoder (feather, chief, ...): it is loaded from the
     local file in its published layout for the atlas's patch features and stored as a frozen model
     (idempotent: the same file gives the same id). Without, a published name picks the newest
-    stored model of that recipe (see resolve_model_id); anything else is a model id or prefix.
+    stored model of that recipe (see resolve_model_id); `meanpool` is registered on first use (no
+    training, no profiles); anything else is a model id or prefix.
     """
     from pathlib import Path
 
+    from threads_search.encoders.patch.names import same_patch_encoder
     from threads_search.encoders.published import load_published, published_recipes
+    from threads_search.jobs.builtin_models import BUILTIN_SLIDE_MODELS, ensure_builtin_model
 
     published = published_recipes()
+    if weights is None and model in BUILTIN_SLIDE_MODELS:
+        return ensure_builtin_model(atlas, model)
     if weights is None:
-        if model in published and all(recipe != model for _, recipe in list_models(atlas)):
+        if model in published and not models_named(atlas, model):
             load_published(model, None)  # raises: weights not released, or --weights needed
         return resolve_model_id(atlas, model), []
     if model not in published:
@@ -82,7 +87,9 @@ def resolve_embed_model(atlas: Atlas, model: str | None = None, weights=None) ->
     loaded = load_published(model, Path(weights), int(feature_dim) if feature_dim else None, patch_encoder)
     notes = []
     expected = getattr(getattr(loaded, "layout", None), "patch_encoders", "")
-    if patch_encoder and expected and patch_encoder not in expected:
+    # `expected` reads like "conch_v15 (768-d) or uni_v2 (1536-d)": its first word per alternative
+    if patch_encoder and expected and not any(same_patch_encoder(patch_encoder, option.split()[0])
+                                              for option in expected.split(" or ") if option.split()):
         notes.append(f"{model}'s published weights were trained on {expected} features; the atlas holds "
                      f"'{patch_encoder}' features (embeddings are computed, but may mean little)")
     # a file's sha256, or a snapshot folder's fingerprint (hf_slide)
@@ -94,13 +101,22 @@ def resolve_embed_model(atlas: Atlas, model: str | None = None, weights=None) ->
 
 def _embed_slides(atlas: Atlas, model, model_id: str, report: EmbedReport, progress: Progress | None,
                   slide_chunks: SlideChunks) -> None:
-    records = slide_records(atlas)
+    items = slide_items(atlas)  # with patch features, or known by precomputed embeddings only
     done = embedded_vids(atlas, model_id, "slides")
-    todo = [r for r in records if r.vid not in done]
-    report.skipped["slides"] = len(records) - len(todo)
+    waiting = [item for item in items if item.vid not in done]
+    report.skipped["slides"] = len(items) - len(waiting)
     frozen = getattr(model, "frozen_slide_model_id", None)
-    if frozen and todo:
-        todo = _copy_frozen_slides(atlas, frozen, model_id, todo, report)
+    if frozen and waiting:
+        waiting = _copy_frozen_slides(atlas, frozen, model_id, waiting, report)
+    if getattr(model, "precomputed", False) and waiting:  # its vectors come in with `ingest slide-embeddings` only
+        report.notes.append(f"slides: {len(waiting)} have no '{model.name}' embedding and cannot be computed here; "
+                            f"add them with `threads-search ingest slide-embeddings --encoder {model.name}`")
+        waiting = []
+    waiting_vids = {item.vid for item in waiting}
+    todo = [record for record in slide_records(atlas) if record.vid in waiting_vids] if waiting else []
+    if len(todo) < len(waiting):
+        report.notes.append(f"slides: {len(waiting) - len(todo)} known by precomputed embeddings only have no patch "
+                            f"features to encode; not embedded by model {model_id}")
     embedded = 0
     if todo:
         model.check_features(int(atlas.meta("feature_dim")), atlas.meta("patch_encoder"))
@@ -124,8 +140,8 @@ def _local_chunks(model) -> SlideChunks:
 
 
 def _copy_frozen_slides(atlas: Atlas, frozen_id: str, model_id: str, todo: list, report: EmbedReport) -> list:
-    """Copy the frozen slide model's stored vectors verbatim (an aligned model's slide side);
-    returns the slides it has not embedded, which are then encoded by the (same) frozen model."""
+    """Copy the frozen slide model's stored vectors verbatim (an aligned model's slide side) for
+    `todo` (slide items); returns those it has not embedded, then encoded by the (same) frozen model."""
     vids, vectors = load_embeddings(atlas, frozen_id, "slides", np.array([r.vid for r in todo], np.int64))
     for start in range(0, len(vids), SLIDES_PER_PART * 16):
         write_part(atlas, model_id, "slides", vids[start:start + SLIDES_PER_PART * 16],

@@ -222,8 +222,8 @@ def _baseline_report(atlas: Atlas, model_id: str, queries: Selection, database: 
     """(baseline model id, its RetrievalReport on the same items), or (None, None) with a note."""
     baseline_id = baseline_model_id(atlas)
     if baseline_id is None:
-        notes.append("the atlas holds no mean-pooling baseline (`threads-search train` stores one): "
-                     "only chance is shown beside the model")
+        notes.append(f"the atlas holds no mean-pooling baseline (`threads-search embed {atlas.root} --model meanpool` "
+                     f"or `train` stores one): only chance is shown beside the model")
         return None, None
     if baseline_id == model_id:
         notes.append(f"the evaluated model {model_id} is the mean-pooling baseline itself")

@@ -31,6 +31,10 @@ _MAGNITUDE_BITS = {2: (np.uint16, 0x7FFF, 0x7C00), 4: (np.uint32, 0x7FFFFFFF, 0x
                    8: (np.uint64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
 
 
+class EmptyBagError(InputError):
+    """A feature file of 0 patches (TRIDENT writes one for a slide where no tissue was found)."""
+
+
 @dataclass(frozen=True)
 class FeatureFileInfo:
     """What ingestion records about one feature file."""
@@ -96,10 +100,18 @@ def _validate_shape(path: Path, shape: tuple, dtype) -> tuple[int, int]:
         raise InputError(f"{path}: dataset 'features' has dtype {dtype}; expected a float type")
     n_patches, dim = int(shape[0]), int(shape[1])
     if n_patches == 0:
-        raise InputError(f"{path}: empty bag (0 patches)")
+        raise EmptyBagError(f"{path}: empty bag (0 patches)")
     if dim == 0:
         raise InputError(f"{path}: dataset 'features' has 0 columns")
     return n_patches, dim
+
+
+def _refuse_slide_embedding(path: Path, shape: tuple, has_coords: bool) -> None:
+    """A (D,) or coordinate-less (1, D) `features` is one slide's pooled embedding (TRIDENT
+    `slide_features_*`, Patho-Bench), not a bag of patches: mixing it with bags would be wrong."""
+    if len(shape) == 1 or (len(shape) == 2 and shape[0] == 1 and not has_coords):
+        raise InputError(f"{path}: dataset 'features' has shape {tuple(shape)}, a slide embedding rather than patch "
+                         f"features; use `threads-search ingest slide-embeddings ATLAS FILES --encoder NAME`")
 
 
 def _check_size_claim(path: Path, dataset) -> None:
@@ -131,6 +143,7 @@ def _inspect_h5(path: Path) -> dict:
         _check_size_claim(path, features)
         if features.ndim == 3 and features.shape[0] == 1:  # some CLAM forks store (1, N, D)
             features = features[0]
+        _refuse_slide_embedding(path, features.shape, "coords" in handle)
         try:
             n_patches, dim = _validate_shape(path, features.shape, features.dtype)
             _check_finite(path, features, n_patches)
@@ -147,17 +160,39 @@ def _inspect_h5(path: Path) -> dict:
     return {"n_patches": n_patches, "dim": dim, "dtype": dtype, "attrs": attrs, "file_format": file_format}
 
 
+def _numpy_allow_list() -> list:
+    """What a pickled numeric numpy array needs (TRIDENT `saveas='pt'` saves one) and nothing
+    more: the array reconstructor (numpy 2 and numpy 1 spellings), ndarray and float dtypes.
+    Object arrays need further globals and stay refused."""
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray
+    float_dtypes = [type(np.dtype(kind)) for kind in (np.float16, np.float32, np.float64)]
+    return [multiarray._reconstruct, (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+            (multiarray._reconstruct, "numpy._core.multiarray._reconstruct"), np.ndarray, np.dtype, *float_dtypes]
+
+
 def _load_pt(path: Path):
     import torch
 
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_allow_list()):
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a bad file
-        raise InputError(f"{path}: not a readable tensor file ({str(error).splitlines()[0]})") from None
+        text = str(error)
+        if "Weights only load failed" in text or "Unsupported global" in text:
+            raise InputError(f"{path}: holds objects other than tensors or numeric numpy arrays; not loaded "
+                             f"(.pt files are read with torch's weights_only allow-list, never fully unpickled)") from None
+        raise InputError(f"{path}: not a readable tensor file ({text.strip().splitlines()[0] if text.strip() else type(error).__name__})") from None
     if isinstance(payload, dict):
         if "features" not in payload:
             raise InputError(f"{path}: dict without a 'features' tensor (keys: {', '.join(map(str, payload))})")
         payload = payload["features"]
+    if isinstance(payload, np.ndarray):  # TRIDENT saveas='pt'
+        if payload.dtype.kind != "f":
+            raise InputError(f"{path}: holds a numpy array of dtype {payload.dtype}, expected floats")
+        return payload
     if not hasattr(payload, "numpy"):
         raise InputError(f"{path}: holds {type(payload).__name__}, expected a (n_patches, dim) tensor")
     return payload.detach().float().numpy() if payload.dtype.is_floating_point else payload.numpy()
@@ -165,6 +200,7 @@ def _load_pt(path: Path):
 
 def _inspect_pt(path: Path) -> dict:
     features = _load_pt(path)
+    _refuse_slide_embedding(path, features.shape, False)
     n_patches, dim = _validate_shape(path, features.shape, features.dtype)
     _check_finite(path, features, n_patches)
     return {"n_patches": n_patches, "dim": dim, "dtype": str(features.dtype), "attrs": {}, "file_format": "pt"}

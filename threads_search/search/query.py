@@ -161,6 +161,8 @@ def resolve_query(atlas: Atlas, model: _LazyModel, query: Query) -> ResolvedQuer
         from threads_search.encoders.model import encode_slide_at
         from threads_search.readers.patch_features import inspect_feature_file, read_bag, read_coords
 
+        if getattr(model.get(), "precomputed", False):  # the file is the new slide's own embedding
+            return _resolve_slide_embedding(model.get(), query)
         info = inspect_feature_file(query.features)
         model.get().check_features(info.feature_dim, info.patch_encoder)
         coords = read_coords(query.features) if getattr(model.get(), "needs_coordinates", False) else None
@@ -183,6 +185,22 @@ def resolve_query(atlas: Atlas, model: _LazyModel, query: Query) -> ResolvedQuer
     if source == "expression":
         return _resolve_expression_file(model, query)
     return _resolve_prototype(atlas, model.model_id, query.prototype)
+
+
+def _resolve_slide_embedding(model, query: Query) -> ResolvedQuery:
+    """A (D,) / (1, D) slide-embedding file as the query of a precomputed model's space."""
+    from pathlib import Path
+
+    from threads_search.encoders.model import l2_normalise
+    from threads_search.readers.slide_embeddings import read_slide_embedding_file
+
+    path = Path(query.features)
+    vector = read_slide_embedding_file(path, f"model '{model.name}' holds precomputed slide embeddings and cannot "
+                                             f"encode patch features: query with the slide's own '{model.name}' embedding")
+    if vector.shape[0] != model.out_dim:
+        raise InputError(f"{path}: a {vector.shape[0]}-d embedding, but model '{model.name}' holds {model.out_dim}-d ones")
+    return ResolvedQuery(l2_normalise(vector[None, :])[0], {"type": "slide embedding", "id": path.stem, "file": str(path),
+                                                            "modality": "slides", "patient_id": None})
 
 
 def _resolve_expression_file(model: _LazyModel, query: Query) -> ResolvedQuery:

@@ -167,7 +167,9 @@ def resolve_query_patches(atlas: Atlas, query: RegionQuery, dim: int) -> QueryPa
         info = {"type": "region", "id": slide.slide_id, "file": str(query.wsi), "modality": "slides",
                 "patient_id": None}
     atlas_encoder = atlas.meta("patch_encoder")
-    if encoder and atlas_encoder and encoder != atlas_encoder:
+    from threads_search.encoders.patch.names import same_patch_encoder
+
+    if encoder and atlas_encoder and not same_patch_encoder(encoder, atlas_encoder):
         from threads_search.errors import ModelMismatchError
 
         raise ModelMismatchError(f"{info['id']}: patch encoder '{encoder}' differs from the patch index's "
