@@ -328,13 +328,7 @@ def test_encoder_is_read_from_a_trident_slide_features_folder(tmp_path, metadata
         assert [m["provenance"]["encoder"] for m in model_summaries(opened)] == ["titan"]
 
 
-@pytest.mark.parametrize("with_patch_features", [
-    True,
-    pytest.param(False, marks=pytest.mark.xfail(strict=True, reason=(
-        "training/frozen.py (another branch's) reads the training slides with slide_records(), which leaves out "
-        "slides known by embeddings only; frozen_slide_vectors should call atlas.slides.slide_items instead, "
-        "then drop this marker"))),
-])
+@pytest.mark.parametrize("with_patch_features", [True, False])
 def test_molecular_encoders_align_to_precomputed_embeddings(tmp_path, metadata, rng, with_patch_features):
     from threads_search.atlas.embeddings import load_embeddings
     from threads_search.atlas.store import open_atlas

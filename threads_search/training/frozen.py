@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from threads_search.atlas.embeddings import load_embeddings
 from threads_search.atlas.items import patient_labels
-from threads_search.atlas.slides import slide_records
+from threads_search.atlas.slides import slide_items
 from threads_search.atlas.store import Atlas
 from threads_search.atlas.stored_models import load_atlas_model, model_recipe, resolve_model_id, store_model
 from threads_search.atlas.where import check_where
@@ -59,7 +59,7 @@ def frozen_slide_vectors(atlas: Atlas, slide_model_id: str, where_sql: str | Non
                          ) -> tuple[dict[str, list[np.ndarray]], int, list[str]]:
     """patient_id -> its selected slides' stored (dim,) unit vectors; (that, n slides, notes)."""
     where = check_where(atlas, where_sql)
-    records = slide_records(atlas, atlas.filter_vids(where, "slides") if where else None)
+    records = slide_items(atlas, atlas.filter_vids(where, "slides") if where else None)
     if not records:
         raise TrainingError(f"no slides match --where {where.text!r}" if where else "the atlas holds no slides")
     vids, vectors = load_embeddings(atlas, slide_model_id, "slides", np.array([r.vid for r in records], np.int64))
