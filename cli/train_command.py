@@ -55,16 +55,19 @@ def train(ctx: typer.Context,
     from threads_search.training.job import default_recipe
 
     given = {name: value for name, value in ctx.params.items() if name in FIELDS}
-    config = layered_config(config_file, given, default_recipe)
+
+    def build_config():
+        return layered_config(config_file, given, default_recipe)
+
     if print_config:
-        typer.echo(config.to_toml(), nl=False)
+        typer.echo(build_config().to_toml(), nl=False)
         return
     if slide_encoder is not None:
         from threads_search.cli.align_command import train_aligned
 
-        train_aligned(atlas, slide_encoder, config, where, label, out, quiet)
+        train_aligned(atlas, slide_encoder, build_config(), where, label, out, quiet)
         return
-    _train_model(atlas, config, where, label, out, quiet)
+    _train_model(atlas, build_config, where, label, out, quiet)
 
 
 def epoch_reporter(progress, config, quiet: bool):
@@ -78,15 +81,18 @@ def epoch_reporter(progress, config, quiet: bool):
     return on_epoch
 
 
-def _train_model(atlas: Path, config, where: str | None, label: str | None, out: Path | None, quiet: bool) -> None:
+def _train_model(atlas: Path, build_config, where: str | None, label: str | None, out: Path | None, quiet: bool) -> None:
+    """Train and report; a slides-only atlas is answered (with its route) before the settings are checked."""
     from threads_search.atlas.store import open_atlas
     from threads_search.jobs.builtin_models import refuse_training_without_profiles
     from threads_search.training.job import train_atlas_model
     from threads_search.training.summary import learning_rate_line, validation_line
 
-    with open_atlas(atlas) as opened, progress_bar("training (epochs)", quiet) as progress:
+    with open_atlas(atlas) as opened:
         refuse_training_without_profiles(opened)
-        result = train_atlas_model(opened, config, where, label, on_epoch=epoch_reporter(progress, config, quiet))
+        config = build_config()
+        with progress_bar("training (epochs)", quiet) as progress:
+            result = train_atlas_model(opened, config, where, label, on_epoch=epoch_reporter(progress, config, quiet))
     training = result.training
     if out is not None:
         from threads_search.encoders.checkpoint import save_model

@@ -328,10 +328,7 @@ def test_encoder_is_read_from_a_trident_slide_features_folder(tmp_path, metadata
         assert [m["provenance"]["encoder"] for m in model_summaries(opened)] == ["titan"]
 
 
-@pytest.mark.parametrize("with_patch_features", [
-    True,
-    False,
-])
+@pytest.mark.parametrize("with_patch_features", [True, False])
 def test_molecular_encoders_align_to_precomputed_embeddings(tmp_path, metadata, rng, with_patch_features):
     from threads_search.atlas.embeddings import load_embeddings
     from threads_search.atlas.store import open_atlas

@@ -65,10 +65,11 @@ def atlas_info(atlas: Atlas) -> dict:
 
 
 def _model_entry(summary: dict) -> dict:
-    """A model's id, recipe and date, plus the training config, selection and label it was trained with."""
+    """A model's id, recipe and date (a precomputed set's encoder), plus the training config, selection and
+    label it was trained with."""
     entry = {k: v for k, v in summary.items() if k != "provenance"}
     provenance = summary["provenance"]
-    if summary["recipe"] == "precomputed":
+    if summary["recipe"] == "precomputed":  # a precomputed set's --encoder
         entry["encoder"] = provenance.get("encoder")
     if "config" in provenance:
         entry["training"] = {"config": provenance["config"], "where": provenance.get("where"),
