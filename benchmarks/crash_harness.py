@@ -275,8 +275,9 @@ def main() -> None:
               f"random kills {r['kills']:3d} (failures {Outcome(**r).failures()})", flush=True)
         for example in b["examples"][:3] + r["examples"][:3]:
             print("    " + example, flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "crash_harness.json").write_text(json.dumps({"command": " ".join(sys.argv), "results": results}, indent=2))
+        # Written after every command, so a run that stops part-way keeps what it measured.
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "crash_harness.json").write_text(json.dumps({"command": " ".join(sys.argv), "results": results}, indent=2))
 
 
 if __name__ == "__main__":
