@@ -143,6 +143,7 @@ def writers_while_readers_hold(states: dict, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--searches", type=int, default=200, help="searches per writer, over all readers")
+    parser.add_argument("--name", default="concurrency_harness", help="results file stem under benchmarks/results")
     parser.add_argument("--work", type=Path, default=Path("/tmp/threads-search-concurrency"))
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
@@ -158,7 +159,7 @@ def main() -> None:
     held = writers_while_readers_hold(states, args.work)
     print(f"writers started while readers held the atlas: {held['writers_started']}, failures {held['failures']}")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "concurrency_harness.json").write_text(json.dumps(
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(
         {"command": " ".join(sys.argv), "during_writes": during, "writers_while_readers_hold": held}, indent=2))
 
 

@@ -260,6 +260,7 @@ def main() -> None:
     parser.add_argument("--random", type=int, default=50, help="random-time kills per command")
     parser.add_argument("--max-boundaries", type=int, default=200, help="at most this many boundary kills per command")
     parser.add_argument("--commands", nargs="*", help="scenario names (default: all)")
+    parser.add_argument("--name", default="crash_harness", help="results file stem under benchmarks/results")
     parser.add_argument("--work", type=Path, default=Path("/tmp/threads-search-crash"))
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
@@ -277,7 +278,7 @@ def main() -> None:
             print("    " + example, flush=True)
         # Written after every command, so a run that stops part-way keeps what it measured.
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "crash_harness.json").write_text(json.dumps({"command": " ".join(sys.argv), "results": results}, indent=2))
+        (RESULTS / f"{args.name}.json").write_text(json.dumps({"command": " ".join(sys.argv), "results": results}, indent=2))
 
 
 if __name__ == "__main__":
