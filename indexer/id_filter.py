@@ -26,7 +26,7 @@ class IdFilter:
             raise InputError(f"{name} hold a negative id ({int(self.ids[0])}); ids are non-negative")
         self._bitmap: np.ndarray | None = None
         self._selector = None
-        self._restricted: dict[int, np.ndarray] = {}
+        self._per_index: dict[tuple[int, str], np.ndarray] = {}
 
     @property
     def size(self) -> int:
@@ -57,7 +57,12 @@ class IdFilter:
 
     def within(self, index) -> np.ndarray:
         """The allowed ids that `index` holds (cached per index object)."""
-        key = id(index)
-        if key not in self._restricted:
-            self._restricted[key] = self.ids[index.holds(self.ids)]
-        return self._restricted[key]
+        return self.for_index(index, "ids", lambda: self.ids[index.holds(self.ids)])
+
+    def for_index(self, index, name: str, build) -> np.ndarray:
+        """`build()` once per (index object, name): what this filter derives from one index, such
+        as the ids it holds or their stored vectors (the exact scan of a tight filter)."""
+        key = (id(index), name)
+        if key not in self._per_index:
+            self._per_index[key] = build()
+        return self._per_index[key]

@@ -175,3 +175,23 @@ def test_search_input_errors(built, data):
         search(built["flat"], queries[:3], K, exclude_ids=ids[:3])
     with pytest.raises(InputError, match="allowed_ids must be integers"):
         search(built["flat"], queries[:3], K, allowed_ids=np.array([0.5]))
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+def test_a_tight_filter_reused_across_queries_answers_like_a_fresh_one(built, data, kind):
+    """The exact scan keeps a tight filter's vectors with the filter: its second and later
+    searches must return what a filter made for that one query returns."""
+    from threads_search.indexer.id_filter import IdFilter
+
+    vectors, ids, queries = data
+    keep = np.arange(N) % 17 == 3  # ~300 ids: the exact-scan path
+    reused = IdFilter(ids[keep])
+    for row in range(queries.shape[0]):
+        scores, found = search(built[kind], queries[row:row + 1], K, allowed_ids=reused)
+        fresh_scores, fresh = search(built[kind], queries[row:row + 1], K, allowed_ids=IdFilter(ids[keep]))
+        np.testing.assert_array_equal(found, fresh)
+        np.testing.assert_array_equal(scores, fresh_scores)
+    assert reused.for_index(built[kind], "vectors", lambda: None).shape == (keep.sum(), DIM)
+    if kind == "flat":  # flat stores the vectors exactly: equal to brute force
+        _, expected = reference(queries[-1:], vectors, ids, K, keep)
+        np.testing.assert_array_equal(found, expected)

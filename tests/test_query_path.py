@@ -204,3 +204,18 @@ def test_equal_scores_are_ordered_by_vector_id(built, tmp_path):
         vid_of = {h: atlas.sql("SELECT vid FROM items WHERE item_id = ?", [h]).fetchone()[0] for h in tied}
     assert [h["id"] for h in hits] == sorted(vid_of, key=vid_of.get)[:3]
     assert len({h["score"] for h in hits}) == 1
+
+
+def test_an_atlas_keeps_only_its_recent_filters(built, monkeypatch):
+    from threads_search.api import Query, SearchOptions, open_atlas, search_atlas
+    from threads_search.atlas.items import item_table
+    from threads_search.search import query as query_module
+
+    monkeypatch.setattr(query_module, "RECENT_FILTERS", 2)
+    with open_atlas(built["atlas"], read_only=True) as atlas:
+        slide = item_table(atlas, "slides").item_ids[0]
+        wheres = ["site = 'site1'", "site = 'site2'", "site = 'site3'", "site = 'site1'"]
+        hits = [search_atlas(atlas, Query(slide_id=slide), SearchOptions(k=3, where=w)).hits for w in wheres]
+        kept = atlas.peek("id filters")
+        assert len(kept._items) == 2
+    assert hits[0] == hits[3]

@@ -22,6 +22,7 @@ from threads_search.atlas.stored_models import load_atlas_model, resolve_model_i
 from threads_search.atlas.where import check_where
 from threads_search.errors import InputError
 from threads_search.jobs.index import open_index
+from threads_search.lru import LruCache
 
 DEFAULT_LABEL_COLUMNS = ("subtype", "diagnosis", "label", "class", "oncotree_code")
 
@@ -397,6 +398,11 @@ def prototype_model(atlas: Atlas, queries: list[Query]) -> str | None:
     return load_prototypes(atlas, queries[0].prototype.partition(":")[0]).model_id
 
 
+# Filters an atlas keeps per generation (each with its ids, bitmap and, when tight, its vectors):
+# a service answering many different filters keeps the recent ones, not every one it saw.
+RECENT_FILTERS = 16
+
+
 def allowed_filter(atlas: Atlas, options: SearchOptions, where):
     """An IdFilter of the candidates `where` and `facets` allow (cached per generation), None for every item."""
     from threads_search.atlas.facets import check_selection, selection_vids
@@ -405,7 +411,7 @@ def allowed_filter(atlas: Atlas, options: SearchOptions, where):
     facets = check_selection(atlas, options.facets)
     if where is None and not facets:
         return None
-    key = ("id filter", where.statement if where else None, repr(sorted(facets.items())), options.target)
+    key = (where.statement if where else None, repr(sorted(facets.items())), options.target)
 
     def build() -> IdFilter:
         allowed = atlas.filter_vids(where, options.target) if where is not None else None
@@ -418,7 +424,7 @@ def allowed_filter(atlas: Atlas, options: SearchOptions, where):
                 raise InputError(f"the facet selection {options.facets} matches no {options.target}"
                                  + (" under --where" if options.where else ""))
         return IdFilter(allowed)
-    return atlas.cached(key, build)
+    return atlas.cached("id filters", lambda: LruCache(RECENT_FILTERS)).get(key, build)
 
 
 def allowed_vids(atlas: Atlas, options: SearchOptions) -> np.ndarray | None:

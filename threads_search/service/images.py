@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 from threads_search.atlas.slide_images import SlideImages, slide_images
 from threads_search.atlas.layout import safe_file_name
 from threads_search.atomic import atomic_path
+from threads_search.lru import LruCache
 from threads_search.atlas.store import Atlas
 from threads_search.service.http_errors import NotFoundError
 
@@ -28,30 +27,6 @@ TILE_FORMAT = "jpeg"
 TILE_QUALITY = 80
 CACHED_THUMBNAIL_SIDE = 1024
 MAX_OPEN_SLIDES = 16
-
-
-class LruCache:
-    """A small thread-safe least-recently-used map."""
-
-    def __init__(self, size: int, on_evict=None) -> None:
-        self.size, self.on_evict = size, on_evict
-        self._items: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key, make):
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        value = make()
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                _, evicted = self._items.popitem(last=False)
-                if self.on_evict:
-                    self.on_evict(evicted)
-        return value
 
 
 @dataclass

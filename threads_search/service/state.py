@@ -12,7 +12,8 @@ from fastapi import Request
 from threads_search.service.config import ServiceConfig
 from threads_search.service.handle import AtlasHandle
 from threads_search.service.http_errors import check_bearer
-from threads_search.service.images import LruCache, SlideImageStore
+from threads_search.lru import LruCache
+from threads_search.service.images import SlideImageStore
 from threads_search.service.metrics import Metrics
 
 ATTENTION_CACHE_SIZE = 64
