@@ -19,7 +19,7 @@ PACKAGES = {"threads_search": "threads_search", "encoders": "threads_search.enco
             "indexer": "threads_search.indexer", "cli": "threads_search.cli"}
 # Lower layers first; a stage may import its own modules and stages of lower layers only.
 LAYERS = [
-    {"", "errors", "atomic"},
+    {"", "errors", "atomic", "lru"},
     {"encoders", "indexer", "evaluation", "readers"},
     {"wsi", "synthetic"},
     {"atlas"},
