@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from threads_search import __version__
-from threads_search.atlas.arrow import int64_column
 from threads_search.atlas.layout import DATABASE_NAME, FOLDERS
 from threads_search.atlas.schema import CORE_ITEM_COLUMNS, FORMAT_VERSION, SCHEMA, migrate
 from threads_search.atomic import crash_point, temporary_sibling
@@ -209,8 +208,11 @@ class Atlas:
         """Sorted int64 vector ids of one modality's items."""
         key = ("vids", modality)
         if key not in self._cache:
-            table = self.arrow("SELECT vid FROM items WHERE modality = ? ORDER BY vid", [modality])
-            self._cache[key] = int64_column(table, "vid")
+            # fetchnumpy, not Arrow: a one-off CLI search then never imports pyarrow (30-45 ms).
+            with self._damage_is_one_line():
+                column = self.connection.execute("SELECT vid FROM items WHERE modality = ? ORDER BY vid",
+                                                 [modality]).fetchnumpy()["vid"]
+            self._cache[key] = np.ascontiguousarray(column, dtype=np.int64)
         return self._cache[key]
 
     def filter_vids(self, where, modality: str) -> np.ndarray:
