@@ -67,6 +67,10 @@ class ABMILSlideEncoder(nn.Module):
         out_dim: embedding dimension (1024).
         dropout: dropout of the pre-attention blocks (0.1).
         attn_dropout: dropout inside the attention branches (0.25).
+        centre_patches: subtract each slide's mean patch feature before the MLP. A site's stain
+            or scanner shifts every patch of its slides alike, so the centred features no
+            longer carry that offset (what stays is each patch's difference from its slide);
+            needs no site label, so it applies to a single query slide from a new site.
     """
 
     def __init__(
@@ -79,6 +83,7 @@ class ABMILSlideEncoder(nn.Module):
         out_dim: int = 1024,
         dropout: float = 0.1,
         attn_dropout: float = 0.25,
+        centre_patches: bool = False,
     ) -> None:
         super().__init__()
         if min(in_dim, hidden_dim, n_layers, n_heads, attn_dim, out_dim) < 1:
@@ -88,6 +93,7 @@ class ABMILSlideEncoder(nn.Module):
         self.hidden_dim = hidden_dim
         self.n_heads = n_heads
         self.out_dim = out_dim
+        self.centre_patches = bool(centre_patches)
         widths = [in_dim] + [hidden_dim] * n_layers
         self.pre_attention = nn.Sequential(*(_mlp_block(a, b, dropout) for a, b in zip(widths[:-1], widths[1:])))
         self.attention = GatedAttentionScores(hidden_dim, attn_dim, n_heads, attn_dropout)
@@ -106,6 +112,8 @@ class ABMILSlideEncoder(nn.Module):
         """
         self._check_dim(x.shape[-1])
         if mask is None:
+            if self.centre_patches:
+                x = x - x.mean(dim=1, keepdim=True)
             hidden = self.pre_attention(x)
             return self._pool(hidden, self.attention(hidden))
         empty = ~mask.any(dim=1)
@@ -113,7 +121,10 @@ class ABMILSlideEncoder(nn.Module):
             raise InputError(f"bag {int(empty.nonzero()[0, 0])} of the batch has no real patch (mask all False)")
         # The MLP and the attention branches only see the real patches (packed), so a
         # batch of uneven bags costs what its patches cost, not B x longest bag.
-        return self._pool_packed(x[mask], mask)
+        patches = x[mask]
+        if self.centre_patches:
+            patches = self._centred(patches, mask.sum(dim=1))
+        return self._pool_packed(patches, mask)
 
     def forward_packed(self, patches: torch.Tensor, bag_sizes: torch.Tensor) -> torch.Tensor:
         """Embed a batch of bags given back to back, without padding the inputs.
@@ -128,7 +139,16 @@ class ABMILSlideEncoder(nn.Module):
         if bool((bag_sizes < 1).any()) or int(bag_sizes.sum()) != patches.shape[0]:
             raise InputError(f"bag sizes {bag_sizes.tolist()} must be >= 1 and sum to the {patches.shape[0]} patches given")
         positions = torch.arange(int(bag_sizes.max()), device=patches.device)
+        if self.centre_patches:
+            patches = self._centred(patches, bag_sizes.to(patches.device))
         return self._pool_packed(patches, positions[None, :] < bag_sizes.to(patches.device)[:, None])
+
+    @staticmethod
+    def _centred(patches: torch.Tensor, bag_sizes: torch.Tensor) -> torch.Tensor:
+        """Back-to-back bags' patches minus their own bag's mean patch."""
+        bag_of_patch = torch.repeat_interleave(torch.arange(bag_sizes.numel(), device=patches.device), bag_sizes)
+        sums = patches.new_zeros(bag_sizes.numel(), patches.shape[-1]).index_add_(0, bag_of_patch, patches)
+        return patches - (sums / bag_sizes[:, None].to(patches.dtype))[bag_of_patch]
 
     def _pool_packed(self, patches: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """`patches` are the rows of a (B, N, in_dim) batch where `mask` (B, N) is True."""
@@ -176,8 +196,11 @@ class ABMILSlideEncoder(nn.Module):
             running_sum = torch.zeros(self.n_heads, device=device)
             running_pool = torch.zeros(self.n_heads, self.hidden_dim, device=device)
             all_scores = [] if return_attention else None
+            centre = self._bag_mean(features, n_patches, chunk_size, device) if self.centre_patches else None
             for start in range(0, n_patches, chunk_size):
                 chunk = _chunk_as_float32(features, start, start + chunk_size, device)
+                if centre is not None:
+                    chunk = chunk - centre
                 hidden = self.pre_attention(chunk)
                 scores = self.attention(hidden)  # (c, H)
                 _check_finite(scores, chunk, start)
@@ -199,6 +222,15 @@ class ABMILSlideEncoder(nn.Module):
             return embedding, attention.float().cpu()
         finally:
             self.train(was_training)
+
+    @staticmethod
+    def _bag_mean(features, n_patches: int, chunk_size: int, device: torch.device) -> torch.Tensor:
+        """The bag's mean patch, summed chunk by chunk in float64 (a first pass over the bag)."""
+        total = None
+        for start in range(0, n_patches, chunk_size):
+            chunk = _chunk_as_float32(features, start, start + chunk_size, device).double().sum(dim=0)
+            total = chunk if total is None else total + chunk
+        return (total / n_patches).float()
 
     # -- validation ----------------------------------------------------------------------
     def _check_dim(self, got: int) -> None:

@@ -117,6 +117,7 @@ class ThreadsModelConfig:
     profile_hidden_dim: int = 512
     profile_n_layers: int = 1
     profile_dropout: float = 0.1
+    centre_patches: bool = False  # each slide's mean patch subtracted before the MLP (site/stain offsets)
     patch_encoder: str = ""  # e.g. 'conch_v15'; '' when unknown
 
 
@@ -233,7 +234,7 @@ class ThreadsModel(ProfileBranches, ConfiguredEncoder, nn.Module):
         self.recipe = recipe
         self.slide_encoder = ABMILSlideEncoder(
             config.in_dim, config.hidden_dim, config.n_layers, config.n_heads, config.attn_dim, config.out_dim,
-            config.dropout, config.attn_dropout)
+            config.dropout, config.attn_dropout, config.centre_patches)
         self.logit_scale = nn.Parameter(torch.tensor(INITIAL_LOGIT_SCALE))
         self.start_branches(expression_normaliser, mutation_panel)
 

@@ -142,3 +142,40 @@ def test_batches_with_an_empty_bag_are_refused():
         encoder(torch.zeros(2, 2, 16), mask)
     with pytest.raises(InputError, match="must be >= 1"):
         encoder.forward_packed(torch.zeros(3, 16), torch.tensor([3, 0]))
+
+
+def test_centred_patches_make_every_path_blind_to_a_per_slide_offset():
+    """centre_patches: a constant added to every patch of a slide (a site's stain offset) leaves
+    its embedding unchanged, and the padded, packed and streamed paths agree."""
+    encoder = small_encoder(centre_patches=True)
+    plain = small_encoder()  # same seed, same weights, no centring
+    bags = [bag(7, seed=2), bag(4, seed=3)]
+    offset = np.random.default_rng(4).normal(scale=3.0, size=16).astype(np.float32)
+    padded = torch.zeros(2, 7, 16)
+    mask = torch.zeros(2, 7, dtype=torch.bool)
+    for row, b in enumerate(bags):
+        padded[row, : len(b)], mask[row, : len(b)] = torch.from_numpy(b), True
+    with torch.no_grad():
+        from_padded = encoder(padded, mask)
+        from_packed = encoder.forward_packed(torch.from_numpy(np.concatenate(bags)), torch.tensor([7, 4]))
+        shifted = encoder.forward_packed(torch.from_numpy(np.concatenate([b + offset for b in bags])), torch.tensor([7, 4]))
+        unshifted_plain = plain.forward_packed(torch.from_numpy(np.concatenate(bags)), torch.tensor([7, 4]))
+        shifted_plain = plain.forward_packed(torch.from_numpy(np.concatenate([b + offset for b in bags])), torch.tensor([7, 4]))
+        one_bag = encoder(torch.from_numpy(bags[0])[None])
+    streamed = torch.stack([encoder.encode_bag(b + offset, chunk_size=3) for b in bags])
+    torch.testing.assert_close(from_padded, from_packed, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shifted, from_packed, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(streamed, from_packed, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(one_bag[0], from_packed[0], atol=1e-5, rtol=1e-5)
+    assert (shifted_plain - unshifted_plain).abs().max() > 1e-2  # without centring the offset shows
+
+
+def test_centre_patches_is_recorded_and_restored_with_the_model():
+    from threads_search.encoders.model import ThreadsModel
+
+    model = ThreadsModel.create(in_dim=16, out_dim=8, hidden_dim=12, attn_dim=6, centre_patches=True)
+    config, tensors = model.export()
+    restored = ThreadsModel.from_export("threads-abmil", config, tensors)
+    assert config["model"]["centre_patches"] is True and restored.slide_encoder.centre_patches
+    x = bag(9)
+    np.testing.assert_allclose(restored.encode_slide(x + 5.0), model.encode_slide(x), atol=1e-5)

@@ -239,7 +239,7 @@ def test_a_baseline_without_embeddings_becomes_a_note(built, tmp_path):
     ({"--database": "no_such_column = 1"}, "--database \"no_such_column = 1\": no column 'no_such_column'"),
     ({"-k": "1,5000"}, "-k 5000: larger than the database"),
     ({"-k": "1,five"}, "-k 1,five: expected comma-separated integers"),
-    ({"--query-modality": "images"}, "'--query-modality': Value error, 'images' is not one of 'slides', 'expression', 'mutations'"),
+    ({"--query-modality": "images"}, "'images' is not one of 'slides', 'expression', 'mutations'"),
     ({"--site-column": "hospital"}, "--site-column hospital: no such metadata column (columns: site, cohort"),
 ])
 def test_bad_input_is_one_line_with_exit_code_2_and_writes_nothing(built, tmp_path, overrides, expected):
