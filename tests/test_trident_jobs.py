@@ -56,7 +56,6 @@ def write_job(job: Path, rng, encoders: dict[str, int], mag: str = "20x", slides
                 features = rng.normal(size=(int(rng.integers(8, 20)), dim)).astype(np.float32)
             write_trident(patching / f"features_{encoder}" / f"{slide}.h5", features,
                           encoder=encoder if encoder_attr else None)
-        (patching / f"features_{encoder}" / f"{slides[0]}.h5.lock").write_text("")
     for folder in ("patches", "visualization"):
         (patching / folder).mkdir(parents=True, exist_ok=True)
     for slide in slides:  # coordinates only: read as features, they would be refused
@@ -69,6 +68,7 @@ def write_job(job: Path, rng, encoders: dict[str, int], mag: str = "20x", slides
     (job / "_config_segmentation.json").write_text("{}")
     (job / "_logs_segmentation.txt").write_text("")
     (patching / "_config_coords.json").write_text("{}")
+    (patching / "_logs_feature_extraction.txt").write_text("")
     return job
 
 
@@ -194,3 +194,34 @@ def test_plain_folders_and_globs_are_expanded_as_before(tmp_path, rng):
         expand_feature_paths([tmp_path / "empty"])
     with pytest.raises(InputError, match="the pattern matches no file"):
         expand_feature_paths([str(folder / "nothing*.h5")])
+
+
+def test_cli_a_trident_job_is_searched_end_to_end_with_a_feather_checkpoint(tmp_path, rng):
+    """init -> ingest slides JOB -> embed --model feather --weights -> index -> search, CLI only."""
+    dim = 768  # FEATHER's CONCH v1.5 input
+    slides = [f"P{p}-S{s}" for p in range(4) for s in range(2)] + ["P9-S0"]
+    bags = {slide: (rng.normal(size=(int(rng.integers(12, 30)), dim)) + rng.normal(size=dim)).astype(np.float32)
+            for slide in slides}
+    query = bags["P0-S0"]
+    bags["P0-S1"] = query + rng.normal(scale=1e-3, size=query.shape).astype(np.float32)  # same patient
+    bags["P9-S0"] = query + rng.normal(scale=1e-2, size=query.shape).astype(np.float32)  # another patient
+    job = write_job(tmp_path / "job", rng, {"conch_v15": dim}, slides=tuple(slides), bags=bags)
+    patients = write_csv(tmp_path / "slides.csv", ["slide_id", "patient_id"], [[s, s.split("-")[0]] for s in slides])
+    weights = save_safetensors(tmp_path / "feather.safetensors", feather_state(in_dim=dim, seed=5))
+    atlas = tmp_path / "atlas"
+
+    run("init", atlas)
+    assert f"{len(slides)} added" in run("ingest", "slides", atlas, job, "--metadata", patients).stdout
+    embedded = run("embed", atlas, "--model", "feather", "--weights", weights, "--quiet")
+    assert f"embedded {len(slides)} slides" in embedded.output
+    run("index", atlas, "--model", "feather")
+    found = json.loads(run("search", atlas, "--slide-id", "P0-S0", "--model", "feather", "-k", "4",
+                           "--format", "json").stdout)
+    hits = found["hits"]
+    assert len(hits) == 4
+    assert all(h["patient_id"] != "P0" for h in hits)  # the query's own patient is left out by default
+    assert hits[0]["id"] == "P9-S0" and hits[1]["score"] < 0.9  # the near-duplicate, well ahead of the rest
+    assert hits[0]["score"] == pytest.approx(1.0, abs=1e-3)
+    with_own = json.loads(run("search", atlas, "--slide-id", "P0-S0", "--model", "feather", "-k", "2",
+                              "--format", "json", "--include-same-patient").stdout)["hits"]
+    assert {h["id"] for h in with_own} == {"P0-S1", "P9-S0"} and all(h["id"] != "P0-S0" for h in with_own)
