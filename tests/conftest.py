@@ -11,7 +11,7 @@ import pytest
 
 def write_trident(path: Path, features: np.ndarray, encoder: str | None = "conch_v15", coords: np.ndarray | None = None) -> Path:
     """A TRIDENT-layout file: `features` (N, D), `coords` (N, 2) int64 with TRIDENT's attributes
-    (`encoder=None`: no `encoder` attribute, as TRIDENT before mid-2025 wrote them)."""
+    (`encoder=None`: no `encoder` attribute, as older TRIDENT versions write them)."""
     import h5py
 
     n = features.shape[0]

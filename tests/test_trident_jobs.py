@@ -44,7 +44,7 @@ def write_job(job: Path, rng, encoders: dict[str, int], mag: str = "20x", slides
               encoder_attr: bool = False, bags: dict[str, np.ndarray] | None = None) -> Path:
     """A TRIDENT job folder: `features_<enc>/<slide>.h5` of `(n, dim)` float32 per encoder (name: dim),
     beside the patch coordinates, thumbnails, contours, configs and logs TRIDENT also writes.
-    `bags` gives some slides' features; `encoder_attr` writes the `encoder` attribute (TRIDENT >= mid-2025)."""
+    `bags` gives some slides' features; `encoder_attr` writes the `encoder` attribute (newer TRIDENT versions)."""
     import h5py
 
     patching = job / f"{mag}_256px_0px_overlap"
