@@ -21,14 +21,16 @@ def _summarise(report, what: str) -> None:
 
 
 def slides(atlas: Path = typer.Argument(..., help="Atlas folder."),
-           features: list[str] = typer.Argument(..., help="TRIDENT/CLAM .h5 or .pt files, folders or globs."),
+           features: list[str] = typer.Argument(..., help="TRIDENT/CLAM .h5 or .pt files, folders, globs or TRIDENT "
+                                                "job folders (their features_<encoder> folder is read)."),
            metadata: Path = _METADATA,
            copy: bool = flag("--copy", help="Copy the files into the atlas instead of referencing them."),
            replace: bool = _REPLACE, strict: bool = _STRICT,
            wsi_dir: Path = typer.Option(None, "--wsi-dir", help="Folder of raw slides (searched recursively), paired "
                                         "with the features by slide id / file stem, so `serve` can show them."),
            encoder: str = typer.Option(None, "--encoder", help="Patch encoder of files that name none (CLAM), e.g. "
-                                       "uni_v1; recorded, and files that name another are refused."),
+                                       "uni_v1; recorded, and files that name another are refused. Chooses the "
+                                       "features_<encoder> folder of a TRIDENT job folder that holds several."),
            quiet: bool = QUIET) -> None:
     """Ingest patch-feature files (one per slide; slide id = file stem)."""
     from threads_search.atlas.store import open_atlas
@@ -74,10 +76,12 @@ def mutations(atlas: Path = typer.Argument(..., help="Atlas folder."),
 
 def slide_embeddings(atlas: Path = typer.Argument(..., help="Atlas folder."),
                      files: list[str] = typer.Argument(..., help="TRIDENT slide_features_<enc>/*.h5, Patho-Bench pooled "
-                                                          ".h5 ((D,) or (1, D)), one .npy (with --ids) or Parquet files, folders or globs."),
+                                                          ".h5 ((D,) or (1, D)), one .npy (with --ids) or Parquet files, folders, "
+                                                          "globs or TRIDENT job folders."),
                      encoder: str = typer.Option(None, "--encoder", help="The slide encoder that made them (titan, feather, "
                                                  "chief, prism ...): one frozen model per name and dimension. Default: "
-                                                 "<enc> of a TRIDENT slide_features_<enc> folder."),
+                                                 "<enc> of a TRIDENT slide_features_<enc> folder; chooses one in a job "
+                                                 "folder that holds several."),
                      metadata: Path = _METADATA,
                      ids: Path = typer.Option(None, "--ids", help="For a .npy file: its slide ids, one per line in row order."),
                      patch_encoder: str = typer.Option(None, "--patch-encoder", help="Patch features they were computed "

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 
-def write_trident(path: Path, features: np.ndarray, encoder: str = "conch_v15", coords: np.ndarray | None = None) -> Path:
-    """A TRIDENT-layout file: `features` (N, D), `coords` (N, 2) int64 with TRIDENT's attributes."""
+def write_trident(path: Path, features: np.ndarray, encoder: str | None = "conch_v15", coords: np.ndarray | None = None) -> Path:
+    """A TRIDENT-layout file: `features` (N, D), `coords` (N, 2) int64 with TRIDENT's attributes
+    (`encoder=None`: no `encoder` attribute, as older TRIDENT versions write them)."""
     import h5py
 
     n = features.shape[0]
@@ -21,7 +22,9 @@ def write_trident(path: Path, features: np.ndarray, encoder: str = "conch_v15", 
         dataset = handle.create_dataset("coords", data=coords)
         dataset.attrs.update({"patch_size": 512, "patch_size_level0": 1024, "level0_magnification": 40,
                               "target_magnification": 20, "name": path.stem})
-        handle["features"].attrs["encoder"] = encoder
+        handle["features"].attrs.update({"name": path.stem, "savetodir": str(path.parent)})
+        if encoder is not None:
+            handle["features"].attrs["encoder"] = encoder
     return path
 
 

@@ -34,9 +34,9 @@ from threads_search.errors import InputError
 from threads_search.ingest.coverage import coverage_warnings
 from threads_search.ingest.plan import IngestReport
 from threads_search.readers.metadata_csv import read_metadata_csv
-from threads_search.readers.slide_embeddings import expand_embedding_paths, read_slide_embeddings
+from threads_search.readers.paths import folder_encoder
+from threads_search.readers.slide_embeddings import EMBEDDING_FILES, expand_embedding_paths, read_slide_embeddings
 
-TRIDENT_FOLDER = "slide_features_"  # TRIDENT writes <job>/<mag>x_<size>px_<overlap>px_overlap/slide_features_<encoder>/
 # Vectors equal to this tolerance count as the same embedding again (a re-run).
 SAME_VECTOR_ATOL = 1e-6
 
@@ -44,11 +44,11 @@ SAME_VECTOR_ATOL = 1e-6
 def _encoder_name(encoder: str | None, paths: list[Path]) -> str:
     """`--encoder`, or the `<encoder>` of the TRIDENT folder `slide_features_<encoder>` all files are in."""
     if encoder is None:
-        folder = paths[0].parent.name
-        if all(p.parent.name == folder for p in paths) and folder.startswith(TRIDENT_FOLDER) and folder != TRIDENT_FOLDER:
-            return folder[len(TRIDENT_FOLDER):]
-        raise InputError(f"{paths[0].parent}: not a TRIDENT {TRIDENT_FOLDER}<encoder> folder; name the slide encoder "
-                         f"with --encoder NAME (titan, feather, chief, prism ...)")
+        names = {folder_encoder(path, EMBEDDING_FILES) for path in paths}
+        if len(names) == 1 and None not in names:
+            return names.pop()
+        raise InputError(f"{paths[0].parent}: not a TRIDENT {EMBEDDING_FILES.trident_prefix}<encoder> folder; name the "
+                         f"slide encoder with --encoder NAME (titan, feather, chief, prism ...)")
     name = encoder.strip()
     if not name or any(c.isspace() for c in name):
         raise InputError(f"--encoder {encoder!r}: give the slide encoder's name, e.g. titan, feather, chief, prism")
@@ -64,9 +64,10 @@ def ingest_slide_embeddings(atlas: Atlas, paths: list[str | os.PathLike], encode
                             metadata_csv: str | os.PathLike | None = None, ids_file: str | os.PathLike | None = None,
                             patch_encoder: str | None = None, strict: bool = False) -> tuple[IngestReport, str, str]:
     """Validate the files, then record them as the `encoder` model's slide embeddings (None: read
-    from a TRIDENT `slide_features_<encoder>` folder); returns (report, model id, encoder name).
+    from a TRIDENT `slide_features_<encoder>` folder, or the only one of a TRIDENT job folder;
+    `encoder` chooses among several); returns (report, model id, encoder name).
     `patch_encoder` records what the embeddings were computed from (optional)."""
-    files = expand_embedding_paths(list(paths))
+    files = expand_embedding_paths(list(paths), encoder, canonical_patch_encoder)
     encoder = _encoder_name(encoder, files)
     embeddings = read_slide_embeddings(files, Path(ids_file) if ids_file else None)
     report = IngestReport()

@@ -25,8 +25,9 @@ from threads_search.ingest.coverage import coverage_warnings
 from threads_search.ingest.plan import IngestReport, plan_writes
 from threads_search.ingest.slide_images import find_slide_images
 from threads_search.readers.metadata_csv import read_metadata_csv
-from threads_search.readers.patch_features import (EmptyBagError, FeatureFileInfo, expand_feature_paths,
+from threads_search.readers.patch_features import (FEATURE_FILES, EmptyBagError, FeatureFileInfo, expand_feature_paths,
                                                    inspect_feature_file)
+from threads_search.readers.paths import folder_encoder
 
 Progress = Callable[[int, int, str], None]
 
@@ -39,6 +40,26 @@ def _check_consistent(atlas: Atlas, infos: list[FeatureFileInfo]) -> None:
         if info.feature_dim != expected_dim:
             origin = f"{first_of_dim.path} has {expected_dim}" if first_of_dim else f"the atlas holds {expected_dim}-d features"
             raise InputError(f"{info.path}: feature dimension {info.feature_dim} differs ({origin})")
+
+
+def _named_by_folders(infos: list[FeatureFileInfo], paths: list[Path], declared: str | None) -> list[FeatureFileInfo]:
+    """The files of a TRIDENT `features_<encoder>` folder with that encoder (TRIDENT's files name
+    none); a file or `--encoder` naming another is refused, as `--encoder` against a file is."""
+    named = {path.resolve(): folder_encoder(path, FEATURE_FILES) for path in paths}
+    named_infos = []
+    for info in infos:
+        encoder = canonical_patch_encoder(named.get(info.path))
+        if encoder is None:
+            named_infos.append(info)
+            continue
+        folder = info.path.parent.name
+        if info.patch_encoder and not same_patch_encoder(info.patch_encoder, encoder):
+            raise InputError(f"{info.path}: names patch encoder '{info.patch_encoder}', not '{encoder}' of its folder {folder}")
+        if declared and not same_patch_encoder(declared, encoder):
+            raise InputError(f"{info.path}: is in {folder}, features of '{encoder}', not of the declared --encoder "
+                             f"'{canonical_patch_encoder(declared)}'")
+        named_infos.append(dataclasses.replace(info, patch_encoder=info.patch_encoder or encoder))
+    return named_infos
 
 
 def _declare_encoder(atlas: Atlas, infos: list[FeatureFileInfo], declared: str | None) -> list[FeatureFileInfo]:
@@ -107,16 +128,18 @@ def ingest_slides(atlas: Atlas, feature_paths: list[str | os.PathLike], metadata
     `wsi_dir` pairs slides with raw slide files by name (see `ingest.slide_images`), for
     every given file, including those already in the atlas. `encoder` declares the patch
     encoder of files that name none (CLAM); it is recorded and later ingests must match it.
+    It also chooses the `features_<encoder>` folder of a TRIDENT job folder that holds several
+    (see `readers.paths`); a TRIDENT folder's name is the encoder of the files in it.
     """
     report = IngestReport()
-    paths = expand_feature_paths(list(feature_paths))
+    paths = expand_feature_paths(list(feature_paths), encoder, canonical_patch_encoder)
     metadata = read_metadata_csv(metadata_csv, "slide_id") if metadata_csv else None
     infos = _inspect_all(paths, progress, strict, report.warnings)
     if not infos:
         others = f", as every other of the {len(paths)} files given" if len(paths) > 1 else ""
         raise InputError(f"{paths[0]}: empty bag (0 patches){others}; nothing to ingest")
     _check_consistent(atlas, infos)
-    infos = _declare_encoder(atlas, infos, encoder)
+    infos = _declare_encoder(atlas, _named_by_folders(infos, paths, encoder), encoder)
     images, image_warnings = find_slide_images(infos, Path(wsi_dir) if wsi_dir is not None else None)
     report.warnings += image_warnings
 

@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from threads_search.errors import InputError
+from threads_search.readers.paths import Canonical, FileKind, expand_paths
 
 FEATURE_SUFFIXES = (".h5", ".hdf5", ".pt")
+FEATURE_FILES = FileKind("feature file", FEATURE_SUFFIXES, trident_prefix="features_", contents="patch features")
 # Bounds on what a feature file may declare, checked before anything is read.
 MAX_PATCHES = 5_000_000
 MAX_FEATURE_DIM = 65_536
@@ -263,27 +265,8 @@ def read_coords(path: str | os.PathLike) -> np.ndarray | None:
         return np.asarray(handle["coords"][:], dtype=np.int64) if "coords" in handle else None
 
 
-def expand_feature_paths(arguments: list[str | os.PathLike]) -> list[Path]:
-    """Folders, globs and explicit files -> a sorted list of feature files (missing paths refused)."""
-    import glob
-
-    paths: list[Path] = []
-    for argument in arguments:
-        text = str(argument)
-        candidate = Path(text)
-        if candidate.is_dir():
-            paths.extend(sorted(p for p in candidate.iterdir() if p.suffix in FEATURE_SUFFIXES and p.is_file()))
-        elif any(ch in text for ch in "*?["):
-            matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
-            if not matches:
-                raise InputError(f"{text}: the pattern matches no file")
-            paths.extend(p for p in matches if p.suffix in FEATURE_SUFFIXES)
-        elif candidate.is_file():
-            if candidate.suffix not in FEATURE_SUFFIXES:
-                raise InputError(f"{candidate}: not a feature file (expected {', '.join(FEATURE_SUFFIXES)})")
-            paths.append(candidate)
-        else:
-            raise InputError(f"{text}: no such file or folder")
-    if not paths:
-        raise InputError(f"{', '.join(map(str, arguments))}: no feature files found ({', '.join(FEATURE_SUFFIXES)})")
-    return paths
+def expand_feature_paths(arguments: list[str | os.PathLike], encoder: str | None = None,
+                         canonical: Canonical | None = None) -> list[Path]:
+    """Folders, globs, explicit files and TRIDENT job folders (their `features_<encoder>` folder,
+    the one `encoder` names where there are several) -> a sorted list of feature files."""
+    return expand_paths(arguments, FEATURE_FILES, encoder, canonical)

@@ -22,6 +22,7 @@ import numpy as np
 
 from threads_search.errors import InputError
 from threads_search.readers.patch_features import MAX_FEATURE_DIM, fingerprint_file
+from threads_search.readers.paths import Canonical, FileKind, expand_paths
 
 EMBEDDING_SUFFIXES = (".h5", ".hdf5", ".npy", ".parquet", ".pq")
 PICKLE_SUFFIXES = (".pkl", ".pickle")
@@ -56,33 +57,17 @@ def _pickle_refusal(path: Path) -> InputError:
                       f"(d['filenames'] stems) for --ids, then ingest slides.npy --ids ids.txt")
 
 
-def expand_embedding_paths(arguments: list[str | os.PathLike]) -> list[Path]:
-    """Files, folders (their embedding files, sorted) and globs -> embedding files; pickles refused."""
-    import glob
+EMBEDDING_FILES = FileKind("slide-embedding file", EMBEDDING_SUFFIXES, trident_prefix="slide_features_",
+                           contents="slide embeddings", refused=PICKLE_SUFFIXES, refusal=_pickle_refusal,
+                           skip_other_matches=False, folder_alone_names_encoder=True)
 
-    paths: list[Path] = []
-    for argument in arguments:
-        text = str(argument)
-        candidate = Path(text)
-        if candidate.is_dir():
-            found = sorted(p for p in candidate.iterdir() if p.is_file() and p.suffix in EMBEDDING_SUFFIXES + PICKLE_SUFFIXES)
-        elif any(ch in text for ch in "*?["):
-            found = sorted(Path(p) for p in glob.glob(text, recursive=True))
-            if not found:
-                raise InputError(f"{text}: the pattern matches no file")
-        elif candidate.is_file():
-            found = [candidate]
-        else:
-            raise InputError(f"{text}: no such file or folder")
-        for path in found:
-            if path.suffix in PICKLE_SUFFIXES:
-                raise _pickle_refusal(path)
-            if path.suffix not in EMBEDDING_SUFFIXES:
-                raise InputError(f"{path}: not a slide-embedding file (expected {', '.join(EMBEDDING_SUFFIXES)})")
-            paths.append(path)
-    if not paths:
-        raise InputError(f"{', '.join(map(str, arguments))}: no slide-embedding files found ({', '.join(EMBEDDING_SUFFIXES)})")
-    return paths
+
+def expand_embedding_paths(arguments: list[str | os.PathLike], encoder: str | None = None,
+                           canonical: Canonical | None = None) -> list[Path]:
+    """Files, folders (their embedding files, sorted), globs and TRIDENT job folders (their
+    `slide_features_<encoder>` folder, the one `encoder` names where there are several) ->
+    embedding files; pickles refused."""
+    return expand_paths(arguments, EMBEDDING_FILES, encoder, canonical)
 
 
 def _checked(path: Path, array: np.ndarray, first_row: int | None = 0) -> np.ndarray:
