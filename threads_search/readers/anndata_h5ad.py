@@ -47,9 +47,14 @@ def _strings(path: Path, dataset, name: str) -> list[str]:
 
 
 def _index(path: Path, handle, group_name: str) -> list[str]:
+    import h5py
+
     if group_name not in handle:
         raise InputError(f"{path}: no '{group_name}' group (not an AnnData file)")
     group = handle[group_name]
+    if not isinstance(group, h5py.Group):
+        raise InputError(f"{path}: '{group_name}' is a table dataset (anndata < 0.7 layout); save it again with "
+                         f"a current anndata")
     name = _text(group.attrs.get("_index", "_index"))
     if name not in group:
         raise InputError(f"{path}: '{group_name}' has no index dataset '{name}'")
@@ -230,15 +235,18 @@ def read_h5ad(path: Path, layer: str | None = None) -> ProfileMatrix:
         handle = h5py.File(path, "r")
     except OSError as error:
         raise InputError(f"{path}: not a readable AnnData file ({str(error).splitlines()[0]})") from None
-    with handle:
-        samples, genes = _index(path, handle, "obs"), _index(path, handle, "var")
-        if len(genes) > MAX_COLUMNS:
-            raise InputError(f"{path}: var has {len(genes):,} genes; at most {MAX_COLUMNS:,} are read")
-        refuse_duplicates(path, genes, "gene name")
-        refuse_duplicates(path, samples, "sample id")
-        name, node = _matrix_node(path, handle, layer)
-        matrix = _read_matrix(path, name, node, (len(samples), len(genes)))
-        metadata, notes = _obs_metadata(path, handle, samples)
+    try:
+        with handle:
+            samples, genes = _index(path, handle, "obs"), _index(path, handle, "var")
+            if len(genes) > MAX_COLUMNS:
+                raise InputError(f"{path}: var has {len(genes):,} genes; at most {MAX_COLUMNS:,} are read")
+            refuse_duplicates(path, genes, "gene name")
+            refuse_duplicates(path, samples, "sample id")
+            name, node = _matrix_node(path, handle, layer)
+            matrix = _read_matrix(path, name, node, (len(samples), len(genes)))
+            metadata, notes = _obs_metadata(path, handle, samples)
+    except OSError as error:  # h5py's error for a damaged chunk or a file cut short
+        raise InputError(f"{path}: truncated or corrupt HDF5 ({str(error).splitlines()[0]})") from None
     if matrix.size == 0:
         raise InputError(f"{path}: {name} is empty ({matrix.shape[0]} samples x {matrix.shape[1]} genes)")
     if not np.isfinite(matrix).all():
