@@ -176,6 +176,10 @@ def _categorical(path: Path, group, name: str, n_obs: int):
     codes, categories = codes_set[()].astype(np.int64), categories_set[()]
     if ((codes < -1) | (codes >= len(categories))).any():
         raise InputError(f"{path}: obs column '{name}' has codes outside -1..{len(categories) - 1}")
+    if len(categories) == 0:  # every code is -1: a column of missing values
+        import pyarrow as pa
+
+        return pa.nulls(n_obs, pa.string())
     return _numbers_with_nulls(categories[np.maximum(codes, 0)], codes < 0)
 
 
