@@ -46,16 +46,20 @@ def expression(atlas: Path = typer.Argument(..., help="Atlas folder."),
                files: list[Path] = typer.Argument(..., help="CSV / TSV / Parquet / .h5ad expression matrices (one batch each)."),
                metadata: Path = _METADATA,
                genes_as_rows: bool = flag("--genes-as-rows", help="Genes are rows, samples columns (TCGA/Xena)."),
+               layer: str = typer.Option(None, "--layer", help="AnnData .h5ad: read layers/NAME instead of X."),
                scale: Scale = choice(Scale.auto, "--scale", help="Value scale (auto: detected and stated)."),
                replace: bool = _REPLACE, strict: bool = _STRICT, quiet: bool = QUIET) -> None:
-    """Ingest expression matrices; their scale is detected (or given) and recorded."""
+    """Ingest expression matrices; their scale is detected (or given) and recorded.
+
+    An AnnData file's obs columns become sample metadata; --metadata overrides them for the samples it lists.
+    """
     from threads_search.atlas.profiles import expression_scale
     from threads_search.atlas.store import open_atlas
     from threads_search.ingest.profiles import ingest_expression
 
     with open_atlas(atlas) as opened:
         report = ingest_expression(opened, files, metadata, genes_as_rows=genes_as_rows, scale=value(scale), replace=replace,
-                                   strict=strict)
+                                   strict=strict, layer=layer)
         scale_row = expression_scale(opened)
     _summarise(report, "expression profiles")
     if scale_row and not quiet:

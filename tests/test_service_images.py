@@ -153,7 +153,7 @@ def test_attention_data_are_the_true_weights_with_their_colour_scale(real):
     limit = data["scale"]["log2_limit"]
     expected_positions = 0.5 + np.clip(np.log2(weights * weights.size), -limit, limit) / (2 * limit)
     assert np.allclose(data["positions"], expected_positions, atol=1e-4)
-    assert data["fits_wsi"] is True and data["patch_size_level0"] == 513
+    assert data["fits_wsi"] is True and data["patch_size_level0"] == 512
     assert [t["label"] for t in data["scale"]["ticks"]][limit] == "1x"
 
 

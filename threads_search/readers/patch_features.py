@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from threads_search.errors import InputError
+from threads_search.readers.h5_claims import check_storage_claim
 from threads_search.readers.paths import Canonical, FileKind, expand_paths
 
 FEATURE_SUFFIXES = (".h5", ".hdf5", ".pt")
@@ -22,8 +23,6 @@ FEATURE_FILES = FileKind("feature file", FEATURE_SUFFIXES, trident_prefix="featu
 # Bounds on what a feature file may declare, checked before anything is read.
 MAX_PATCHES = 5_000_000
 MAX_FEATURE_DIM = 65_536
-# Compressed HDF5 chunks may hold this many times their stored bytes, no more (float features compress ~1.1-3x).
-MAX_COMPRESSION = 64
 
 _CHUNK_ROWS = 32768
 _FINGERPRINT_BYTES = 1 << 18
@@ -122,11 +121,7 @@ def _check_size_claim(path: Path, dataset) -> None:
     if len(shape) >= 2 and (shape[-2] > MAX_PATCHES or shape[-1] > MAX_FEATURE_DIM):
         raise InputError(f"{path}: dataset 'features' declares shape {shape}; at most {MAX_PATCHES} patches of "
                          f"{MAX_FEATURE_DIM} dimensions are read")
-    declared = int(np.prod(shape, dtype=np.int64)) * dataset.dtype.itemsize
-    stored = dataset.id.get_storage_size()
-    if declared and stored * MAX_COMPRESSION < declared:
-        raise InputError(f"{path}: dataset 'features' declares shape {shape} ({declared:,} bytes) but the file stores "
-                         f"{stored:,} bytes of it; truncated or not a real feature file")
+    check_storage_claim(path, dataset, "features")
 
 
 def _inspect_h5(path: Path) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,9 @@ MAF_REQUIRED = ("Tumor_Sample_Barcode", "Hugo_Symbol", "Variant_Classification")
 class ProfileMatrix:
     """`values` is `(n_samples, n_genes) float32`; rows follow `sample_ids`, columns `genes`.
 
-    `scale` is counts | tpm | log | binary once known (recorded at ingest).
+    `scale` is counts | tpm | log | binary once known (recorded at ingest). `sample_metadata`
+    is per-sample columns the file itself carries (AnnData `obs`), a pyarrow Table keyed by
+    `sample_id`; `notes` say what of the file was left out.
     """
 
     path: Path
@@ -37,6 +39,8 @@ class ProfileMatrix:
     genes: list[str]
     values: np.ndarray
     scale: str | None = None
+    sample_metadata: object | None = None  # pyarrow.Table
+    notes: list[str] = field(default_factory=list)
 
 
 def hash_file(path: Path) -> str:
@@ -115,7 +119,8 @@ def _numeric_matrix(path: Path, table, row_names: list[str], value_columns: list
     return np.stack(columns, axis=1) if columns else np.zeros((len(row_names), 0), np.float32)
 
 
-def _unique(path: Path, names: list[str], what: str) -> None:
+def refuse_duplicates(path: Path, names: list[str], what: str) -> None:
+    """InputError naming the first name seen twice."""
     seen: set[str] = set()
     for name in names:
         if name in seen:
@@ -160,12 +165,19 @@ def check_orientation(path: Path, samples: list[str], genes: list[str], genes_as
                      f"this file has genes as rows: add --genes-as-rows")
 
 
-def read_expression(path: str | os.PathLike, genes_as_rows: bool = False) -> ProfileMatrix:
-    """Read an expression matrix in any supported layout into samples x genes."""
+def read_expression(path: str | os.PathLike, genes_as_rows: bool = False, layer: str | None = None) -> ProfileMatrix:
+    """Read an expression matrix in any supported layout into samples x genes.
+
+    `layer` picks an AnnData layer (`layers/<layer>`) instead of `X`; only for `.h5ad` files.
+    """
     path = Path(path)
     _require_file(path)
     if path.suffix == ".h5ad":
-        return _read_h5ad(path)
+        from threads_search.readers.anndata_h5ad import read_h5ad
+
+        return read_h5ad(path, layer)
+    if layer is not None:
+        raise InputError(f"{path}: --layer {layer} applies to AnnData .h5ad files only")
     table = _read_table(path)
     if table.num_columns < 2 or table.num_rows == 0:
         raise InputError(f"{path}: no data (need an id column and at least one value column and row)")
@@ -179,50 +191,9 @@ def read_expression(path: str | os.PathLike, genes_as_rows: bool = False) -> Pro
         genes, samples, matrix = row_names, value_columns, matrix.T.copy()
     else:
         samples, genes = row_names, value_columns
-    _unique(path, genes, "gene name")
-    _unique(path, samples, "sample id")
+    refuse_duplicates(path, genes, "gene name")
+    refuse_duplicates(path, samples, "sample id")
     check_orientation(path, samples, genes, genes_as_rows)
-    return ProfileMatrix(path=path, sample_ids=samples, genes=genes, values=matrix)
-
-
-def _h5_strings(dataset) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in dataset[:]]
-
-
-def _h5ad_index(group) -> list[str]:
-    name = group.attrs.get("_index", "_index")
-    name = name.decode() if isinstance(name, bytes) else name
-    return _h5_strings(group[name])
-
-
-def _read_h5ad(path: Path) -> ProfileMatrix:
-    """AnnData's on-disk layout read with h5py, so anndata itself is not required."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as handle:
-            samples, genes = _h5ad_index(handle["obs"]), _h5ad_index(handle["var"])
-            node = handle["X"]
-            if isinstance(node, h5py.Dataset):
-                matrix = np.asarray(node[:], dtype=np.float32)
-            else:
-                encoding = node.attrs.get("encoding-type", b"")
-                encoding = encoding.decode() if isinstance(encoding, bytes) else encoding
-                from scipy import sparse
-
-                build = sparse.csr_matrix if encoding == "csr_matrix" else sparse.csc_matrix
-                shape = tuple(int(v) for v in node.attrs["shape"])
-                matrix = build((node["data"][:], node["indices"][:], node["indptr"][:]), shape=shape).toarray().astype(np.float32)
-    except (OSError, KeyError) as error:
-        raise InputError(f"{path}: not a readable AnnData file ({str(error).splitlines()[0]})") from None
-    if matrix.size == 0:
-        raise InputError(f"{path}: empty matrix")
-    if not np.isfinite(matrix).all():
-        row, column = (int(v) for v in np.argwhere(~np.isfinite(matrix))[0])
-        raise InputError(f"{path}: sample {samples[row]}, gene {genes[column]}: NaN or infinite value")
-    _unique(path, genes, "gene name")
-    _unique(path, samples, "sample id")
-    check_orientation(path, samples, genes, False)
     return ProfileMatrix(path=path, sample_ids=samples, genes=genes, values=matrix)
 
 

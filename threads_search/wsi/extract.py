@@ -112,8 +112,10 @@ def _feature_attributes(slide, plan: TilePlan, encoder, thumbnail: Thumbnail, co
     return {
         "patch_size": plan.patch_size,
         "patch_size_level0": plan.patch_size_level0,
-        "level0_magnification": round(plan.level0_magnification, 4),
+        "level0_magnification": _plain_number(round(plan.level0_magnification, 4)),  # nominal: see level0_ratio
         "target_magnification": _plain_number(plan.target_magnification),
+        "level0_width": slide.dimensions[0],
+        "level0_height": slide.dimensions[1],
         "overlap": 0,
         "name": slide.slide_id,
         "encoder": encoder.name,

@@ -1,8 +1,9 @@
 """Patch grid at a target magnification: level choice, level-0 coordinates, tissue filter.
 
 Units: `patch_size` is pixels at the target magnification; `patch_size_level0` the same
-patch measured in level-0 pixels (`patch_size * level0_magnification / target_magnification`,
-rounded); coordinates are level-0 (x, y) of a patch's top-left corner, int64, as in TRIDENT.
+patch measured in level-0 pixels (`patch_size * level0_ratio(...)`, rounded: see
+`level0_ratio` for when the scan's magnification is taken as nominal); coordinates are
+level-0 (x, y) of a patch's top-left corner, int64, as in TRIDENT.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ from threads_search.wsi.tissue import TissueMask
 # the scan's magnification reads level 0 unchanged rather than being refused.
 MAGNIFICATION_TOLERANCE = 0.05
 
+# Relative distance within which a level-0 / target ratio counts as an integer, or a scan's
+# magnification as a standard objective power (see `level0_ratio`).
+RATIO_SNAP_TOLERANCE = 0.02
+OBJECTIVE_POWERS = (1.25, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 80.0, 100.0)
+
 
 @dataclass(frozen=True)
 class TilePlan:
@@ -26,6 +32,9 @@ class TilePlan:
 
     `coords` (n, 2) int64 level-0 (x, y); a patch is read at pyramid `level` as a
     `read_size` x `read_size` region (pixels at that level) and resized to `patch_size`.
+    `level0_magnification` is the nominal one the patch size follows (`level0_ratio` x target;
+    the scan's own 10 / mpp where nothing snapped), so `patch_size * level0_magnification /
+    target_magnification` gives `patch_size_level0` back, as TRIDENT's readers compute it.
     """
 
     coords: np.ndarray
@@ -40,6 +49,39 @@ class TilePlan:
     @property
     def n_patches(self) -> int:
         return int(self.coords.shape[0])
+
+
+def _near(value: float, nominal: float) -> bool:
+    return nominal > 0 and abs(value / nominal - 1.0) <= RATIO_SNAP_TOLERANCE
+
+
+def level0_ratio(level0_magnification: float, target_magnification: float) -> float:
+    """Level-0 pixels per target pixel, with the scanner's calibration noise taken out.
+
+    Rule, first match wins (tolerance RATIO_SNAP_TOLERANCE = 2 %, relative):
+    1. `level0 / target` within 2 % of an integer n >= 1 -> n
+       (20.04x -> 20x: 1.002 -> 1; 40.1x -> 20x: 2.005 -> 2; 19.84x -> 20x: 0.992 -> 1).
+    2. `level0` within 2 % of a standard objective power P (OBJECTIVE_POWERS) -> P / target
+       (60.2x -> 40x: 3/2; 40.1x -> 30x: 4/3).
+    3. Otherwise the measured ratio (a 0.2266 um/px scan is 44.13x: 44.13 / 20 = 2.207).
+
+    Why: scanners record a calibrated pixel size near, not at, the objective's nominal one
+    (Aperio: 0.499-0.504 um/px at 20x, 0.252 at 40x, i.e. up to ~1 % off), so 256 px at 20x
+    from a 20.04x scan would be 257 level-0 px and every patch would be resampled by 0.2 %.
+    TRIDENT avoids this by rounding the level-0 magnification to 80/60/40/20/10/5x in wide
+    mpp bands (everything below 0.3 um/px is "40x") and writing `patch_size * mag // target`;
+    we snap only within 2 %, so a patch covers within 2 % of the tissue it should, and a slide
+    that really is 44x keeps 565-px patches for 256 at 20x. The two rules agree on scans
+    within 2 % of a nominal objective and differ only beyond that.
+    """
+    ratio = level0_magnification / target_magnification
+    whole = max(1, round(ratio))
+    if _near(ratio, whole):
+        return float(whole)
+    for power in OBJECTIVE_POWERS:
+        if _near(level0_magnification, power):
+            return power / target_magnification
+    return ratio
 
 
 def choose_level(level_downsamples: tuple[float, ...], downsample: float) -> int:
@@ -112,7 +154,8 @@ def plan_tiles(
     check_target_magnification(slide, target_magnification)
     if patch_size < 1:
         raise InputError(f"{slide.path}: patch size must be a positive number of pixels, got {patch_size}")
-    patch_size_level0 = max(1, round(patch_size * slide.magnification / target_magnification))
+    ratio = level0_ratio(slide.magnification, target_magnification)
+    patch_size_level0 = max(1, round(patch_size * ratio))
     downsample = patch_size_level0 / patch_size
     level = choose_level(slide.level_downsamples, downsample)
     level_downsample = slide.level_downsamples[level]
@@ -134,7 +177,7 @@ def plan_tiles(
         level=level,
         level_downsample=level_downsample,
         read_size=read_size,
-        level0_magnification=slide.magnification,
+        level0_magnification=ratio * target_magnification,
         target_magnification=float(target_magnification),
     )
 

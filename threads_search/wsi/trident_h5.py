@@ -2,8 +2,8 @@
 
 `<slide_id>.h5` holds dataset `features` (n, dim) float32 and dataset `coords` (n, 2) int64
 (level-0 x, y). TRIDENT puts the patching attributes (`patch_size`, `patch_size_level0`,
-`level0_magnification`, `target_magnification`, `overlap`, `name`, `savetodir`) on the
-`coords` dataset and `name` / `savetodir` on `features`. We write those in the same places,
+`level0_magnification`, `target_magnification`, `overlap`, `name`, `savetodir`,
+`level0_width`, `level0_height`) on the `coords` dataset and `name` / `savetodir` on `features`. We write those in the same places,
 add `encoder` to both datasets, and repeat everything on the file root, so readers that look
 in either place (TRIDENT's own, CLAM-style, ours) find them.
 """
@@ -27,6 +27,8 @@ COORDS_ATTRIBUTES = (
     "overlap",
     "name",
     "savetodir",
+    "level0_width",
+    "level0_height",
     "encoder",
 )
 FEATURES_ATTRIBUTES = ("name", "savetodir", "encoder")
