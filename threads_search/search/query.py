@@ -348,8 +348,9 @@ def search_many(atlas: Atlas, queries: list[Query], options: SearchOptions, inde
     label = default_label(atlas, options.label)
     searched_with = None
     if index is None:
-        chosen = resolve_search_model(atlas, options.model_id or prototype_model(atlas, queries), options.target)
-        model_id, searched_with = chosen.model_id, chosen.describe(atlas)
+        requested = options.model_id or prototype_model(atlas, queries)
+        model_id, searched_with = atlas.cached(("search model", requested, options.target), lambda: _search_model(
+            atlas, requested, options.target))
         index = open_index(atlas, model_id, options.target, options.device)
     else:
         model_id = resolve_model_id(atlas, options.model_id) if options.model_id else index.model_id
@@ -387,6 +388,12 @@ def search_many(atlas: Atlas, queries: list[Query], options: SearchOptions, inde
             query_info["one_per_patient"] = True
         results.append(SearchResult(query=query_info, hits=hits, label=label, notes=notes, searched_with=searched_with))
     return results
+
+
+def _search_model(atlas: Atlas, requested: str | None, target: str) -> tuple[str, str]:
+    """(model id, the line that says what is searched) for `target`, once per generation."""
+    chosen = resolve_search_model(atlas, requested, target)
+    return chosen.model_id, chosen.describe(atlas)
 
 
 def prototype_model(atlas: Atlas, queries: list[Query]) -> str | None:
