@@ -18,12 +18,12 @@ coexist under their content-hash ids, and `embed --model ID` / `eval --model ID`
 picked by the held-out figure itself, so it is optimistic (no separate test split).
 
 Ceiling: the mean of each held-out slide's true tumour patches (`bench_synthetic.oracle_tumour_means`),
-centred on the held-out slides as bench_synthetic's metric does, ingested with `ingest
-slide-embeddings` and scored by the same `eval` (same queries, database, same-patient exclusion,
-subtype relevance, mAP@5). Uncentred, in the JSON too.
+ingested with `ingest slide-embeddings` and scored by the same `eval` (same queries, database,
+same-patient exclusion, subtype relevance, mAP@5), twice: as they are, and centred on the held-out
+slides as bench_synthetic's metric does; the table shows the better of the two.
 
 Writes benchmarks/results/<name>.json after every cohort (name: cohorts, or cohorts-quick) and
-<name>.md (the table).
+<name>.md (the table); `--table-only` recomputes the goals and the table from that JSON.
 """
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ def goals(result: dict) -> dict:
     = leaning on the own site), so "site mixing >= 0.8" is read as within [0.8, 1 / 0.8]."""
     figures_ = result["no_flag"]["eval"]
     value = figures_[METRIC]
-    ceiling_value = result["ceiling"]["centred"][METRIC]
+    ceiling_value = ceiling_figure(result)[METRIC]
     rare = [r[METRIC] for r in figures_["rare_classes"].values()]
     mixing = _site_mixing(result)
     seconds = result["no_flag"]["train_seconds"]
@@ -228,6 +228,12 @@ def goals(result: dict) -> dict:
     }
 
 
+def ceiling_figure(result: dict) -> dict:
+    """The better of the two oracle-attention scorings (centred or raw cosine), with its name."""
+    name = max(result["ceiling"], key=lambda variant: result["ceiling"][variant][METRIC])
+    return {"variant": name, METRIC: result["ceiling"][name][METRIC]}
+
+
 def markdown(report: dict) -> str:
     rows = ["| cohort | no-flag mAP@5 [95% CI] | best [flags] | ceiling | mean pooling | chance | per-class min (class) "
             "| rare classes (<= 5 %) | site mixing@5 | train s |", "|" + "---|" * 10]
@@ -236,9 +242,9 @@ def markdown(report: dict) -> str:
         low, high = figures_["ci95"]
         best = result["best"]
         rare = ", ".join(f"{c} {r[METRIC]:.3f}" for c, r in figures_["rare_classes"].items()) or "none"
-        mixing = _site_mixing(result)
+        mixing, ceiling = _site_mixing(result), ceiling_figure(result)
         rows.append(f"| {name} | {figures_[METRIC]:.3f} [{low:.3f}, {high:.3f}] | {best[METRIC]:.3f} "
-                    f"[{' '.join(best['flags']) or 'no flag'}] | {result['ceiling']['centred'][METRIC]:.3f} | "
+                    f"[{' '.join(best['flags']) or 'no flag'}] | {ceiling['mAP@5']:.3f} ({ceiling['variant']}) | "
                     f"{_number(figures_['mean_pooling'])} | {figures_['chance']:.3f} | "
                     f"{figures_['per_class_min'][METRIC]:.3f} ({figures_['per_class_min']['class']}) | {rare} | "
                     f"{_number(mixing)} | {result['no_flag']['train_seconds']:.0f} |")
@@ -264,12 +270,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="cohort seed (training keeps its default seed 0)")
     parser.add_argument("--work", type=Path, default=None, help="folder for the cohorts and atlases (default: a temp dir)")
     parser.add_argument("--name", default=None, help="results file stem (default cohorts, or cohorts-quick)")
+    parser.add_argument("--table-only", action="store_true", help="recompute goals and the table from the JSON, run nothing")
     args = parser.parse_args()
     sweep = parse_sweep(args.sweep or (QUICK_SWEEP if args.quick else FULL_SWEEP))
     name = args.name or ("cohorts-quick" if args.quick else "cohorts")
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_cohorts_"))
     configs = cohort_configs(args.quick, args.seed)
     path = RESULTS / f"{name}.json"
+    if args.table_only:
+        report = json.loads(path.read_text())
+        for result in report["cohorts"].values():
+            result["goals"] = goals(result)
+        write_json_atomic(path, report)
+        (RESULTS / f"{name}.md").write_text(markdown(report))
+        return
     previous = json.loads(path.read_text()).get("cohorts", {}) if path.exists() else {}
     report = {"command": "python benchmarks/bench_cohorts.py " + " ".join(sys.argv[1:]),
               "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
