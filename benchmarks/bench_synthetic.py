@@ -67,14 +67,18 @@ def read_bag(files, slide_id: str) -> np.ndarray:
         return handle["features"][:]
 
 
+def oracle_tumour_means(files, slide_ids: list[str]) -> np.ndarray:
+    """'Oracle attention': each slide's mean over its true tumour patches, (n_slides, feature_dim)
+    float32 (needs the generator's `files.truth`, so only right after `generate_cohort`)."""
+    return np.stack([read_bag(files, slide_id).astype(np.float32)[files.truth.tumour_masks[slide_id]].mean(axis=0)
+                     for slide_id in slide_ids])
+
+
 def baseline_results(files) -> tuple[dict, list[dict]]:
     slides = [r for r in read_rows(files.slides_csv) if r["cohort"] == "heldout" and r["slide_id"].endswith("DX1")]
     labels = np.array([r["subtype"] for r in slides])
-    mean_pooled, tumour_pooled = [], []
-    for row in slides:
-        bag = read_bag(files, row["slide_id"]).astype(np.float32)
-        mean_pooled.append(bag.mean(axis=0))
-        tumour_pooled.append(bag[files.truth.tumour_masks[row["slide_id"]]].mean(axis=0))
+    mean_pooled = [read_bag(files, row["slide_id"]).astype(np.float32).mean(axis=0) for row in slides]
+    tumour_pooled = oracle_tumour_means(files, [row["slide_id"] for row in slides])
     samples = {r["sample_id"]: r for r in read_rows(files.samples_csv)}
     sample_ids, _, tpm = read_expression(files.expression_csv)
     keep = [i for i, s in enumerate(sample_ids) if samples[s]["cohort"] == "heldout"]
@@ -85,7 +89,7 @@ def baseline_results(files) -> tuple[dict, list[dict]]:
         "n_heldout_slides": len(slides),
         "chance": chance_metrics(labels),
         "mean_pooling": retrieval_metrics(np.array(mean_pooled), labels),
-        "oracle_tumour_mean": retrieval_metrics(np.array(tumour_pooled), labels),
+        "oracle_tumour_mean": retrieval_metrics(tumour_pooled, labels),
         "raw_expression": retrieval_metrics(log_tpm, expression_labels),
     }, slides
 

@@ -45,6 +45,7 @@ def train(ctx: typer.Context,
           max_mutation_genes: str = setting("max_mutation_genes"),
           seed: int = setting("seed"),
           device: str = setting("device"),
+          threads: str = setting("threads"),
           out: Path = typer.Option(None, "--out", help="Also write the checkpoint (config.json + model.safetensors) here."),
           slide_encoder: str = typer.Option(None, "--slide-encoder", help="Keep this stored model's slide embeddings "
                                             "frozen (id, prefix or recipe: meanpool, feather ...) and train only the "

@@ -83,7 +83,7 @@ CLI_VALUES = {
     "learning_rate": (["0.0007"], 7e-4), "weight_decay": (["0.05"], 0.05), "warmup_fraction": (["0.25"], 0.25),
     "max_logit_scale": (["50"], 50.0), "grad_clip_norm": (["off"], None), "val_fraction": (["0.3"], 0.3),
     "patience": (["2"], 2), "eval_k": (["10"], 10), "n_top_genes": (["all"], None), "max_mutation_genes": (["40"], 40),
-    "seed": (["11"], 11), "device": (["cpu"], "cpu"),
+    "seed": (["11"], 11), "device": (["cpu"], "cpu"), "threads": (["3"], 3),
 }
 
 
@@ -245,3 +245,26 @@ def test_learning_rate_auto_is_a_flag_value_and_a_toml_word(tmp_path):
     config = printed_config("--learning-rate", "auto")
     assert config.learning_rate is None
     assert tomllib.loads(config.to_toml())["learning_rate"] == "auto"
+
+
+@pytest.mark.parametrize("threads", [3, None])
+def test_threads_reach_torch_while_training_and_the_callers_setting_comes_back(threads):
+    """`--threads N` is torch.set_num_threads(N) around training; 'torch' (None) leaves the caller's."""
+    import torch
+    from test_training import config as tiny_config
+    from test_training import paired_cohort
+
+    from threads_search.training.trainer import train_model
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen = []
+    try:
+        train_model(paired_cohort(n_patients=24), replace(tiny_config(epochs=2), threads=threads),
+                    on_epoch=lambda record: seen.append(torch.get_num_threads()))
+        assert seen == [threads or 2] * 2
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+    assert TrainingConfig().threads == 1
+    assert tomllib.loads(TrainingConfig(threads=None).to_toml())["threads"] == "torch"

@@ -32,6 +32,7 @@ from threads_search.atomic import write_json_atomic
 from threads_search.demo.folder import DemoLayout, prepare_folder
 from threads_search.demo.report import evaluation_summary, plot_training_curve
 from threads_search.synthetic.cohort import CohortConfig, demo_config, quick_config
+from threads_search.training.threads import using_torch_threads
 
 LABEL = "subtype"
 TRAIN_SQL = "cohort = 'train'"
@@ -123,7 +124,7 @@ def run_demo(out_dir: str | Path = "threads-search-demo", quick: bool = False, s
     echo(line): narration, one line per stage and per training epoch.
     progress(what, done, total): per-item progress inside long stages.
     show_search(SearchResult): how to show the rare-case search (the CLI renders its table).
-    torch_threads: intra-op threads while the demo runs (see `_torch_threads`); None keeps
+    torch_threads: intra-op threads while the demo runs (see `training.threads.using_torch_threads`); None keeps
     the caller's setting.
     Raises InputError when `out_dir` holds something other than a demo (see `demo_folder`).
     """
@@ -138,7 +139,7 @@ def run_demo(out_dir: str | Path = "threads-search-demo", quick: bool = False, s
     files = _generate(run)
     from threads_search.atlas.store import init_atlas
 
-    with _torch_threads(torch_threads), init_atlas(layout.atlas) as atlas:
+    with using_torch_threads(torch_threads), init_atlas(layout.atlas) as atlas:
         _ingest(run, atlas, files)
         trained = _train(run, atlas)
         _embed_and_index(run, atlas, trained)
@@ -230,30 +231,6 @@ def _embed_and_index(run: _Run, atlas, trained) -> None:
 
     run.payload["indexes"] = [{"model_id": s["model_id"], "modality": s["modality"], "kind": s["kind"],
                                "n_vectors": s["vectors"], "recall_at_10": s["recall_at_10"]} for s in index_summaries(atlas)]
-
-
-@contextlib.contextmanager
-def _torch_threads(count: int | None):
-    """Run the block with `count` intra-op torch threads (None: leave them), then restore.
-
-    The demo's matmuls are small (one slide: (<= 1500, 768) x (768, 128); one training step:
-    (16k, 768) x (768, 128)). On the shared 2-core machine this project is measured on, two
-    threads made them unpredictable whenever another process held a core, because every
-    matmul waited for a descheduled second thread: embedding the 428 slides took 43.6 s
-    instead of 2.4 s, the quick demo's training 63 s instead of 3 s. One thread costs little
-    when the machine is quiet (full demo 32 s, against 26-33 s with two).
-    """
-    if count is None:
-        yield
-        return
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _index_baseline(run: _Run, atlas, baseline_id: str) -> None:

@@ -79,6 +79,10 @@ class TrainingConfig:
                                              unit="genes", low=1, high=10_000_000, none="all")
     seed: int = setting(0, "Seed of the split, the sampling and the initial weights.", low=0, high=2**32 - 1)
     device: str = setting("auto", "auto | cpu | cuda (bf16 autocast on CUDA).", choices=DEVICES)
+    threads: int | None = setting(1, "Intra-op torch threads while training ('torch': leave torch's own "
+                                  "setting, one per core). One by default: the CPU recipe's matmuls are small, and "
+                                  "on a shared machine a second thread made them wait (benchmarks/README.md).",
+                                  unit="threads", low=1, high=4096, none="torch")
 
     def check(self) -> None:
         check_config(self)

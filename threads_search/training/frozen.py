@@ -34,6 +34,7 @@ from threads_search.atlas.where import check_where
 from threads_search.errors import InputError, TrainingError
 from threads_search.training.job import _profile_table
 from threads_search.training.paired_data import PairedDataset, split_patients
+from threads_search.training.threads import using_torch_threads
 from threads_search.training.trainer import (
     EpochRecord, TrainingConfig, _fit_profile_branches, _optimizer, modality_losses, optimiser_step, resolve_device,
     retrieval_at_k)
@@ -95,7 +96,8 @@ def train_aligned_model(atlas: Atlas, slide_encoder: str, config: TrainingConfig
     if label_column:
         labels = {p: v for p, v in patient_labels(atlas, "slides", label_column).items() if p in patients}
     device = resolve_device(config.device)
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
+    with using_torch_threads(config.threads), \
+            torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
         run = _AlignmentRun(load_atlas_model(atlas, slide_model_id), slide_model_id, by_patient, dataset, labels,
                             config, device)
         history, best_epoch, initial = run.fit(on_epoch)

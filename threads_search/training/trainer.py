@@ -33,6 +33,7 @@ from threads_search.encoders.registry import create_model
 from threads_search.errors import DeviceError, InputError, TrainingError
 from threads_search.training.config import TrainingConfig  # noqa: F401  (re-exported: callers import it from here)
 from threads_search.training.paired_data import PairedDataset, SlideRecord, pack_bags, sample_bag, split_patients
+from threads_search.training.threads import using_torch_threads
 
 
 @dataclass(frozen=True)
@@ -296,7 +297,8 @@ def train_model(dataset: PairedDataset, config: TrainingConfig = TrainingConfig(
     """
     config.check()
     device = resolve_device(config.device)
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
+    with using_torch_threads(config.threads), \
+            torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
         if config.learning_rate is not None:
             return _train(dataset, config, on_step, on_epoch)
         from threads_search.training.lr_sweep import choose_learning_rate
