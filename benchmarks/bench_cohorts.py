@@ -55,6 +55,7 @@ TRAIN_SQL, HELDOUT_SQL, LABEL, K = "cohort = 'train'", "cohort = 'heldout'", "su
 METRIC = f"mAP@{K}"
 FULL_SWEEP = "5e-4:8,5e-3:8,2e-3:16,5e-3:16"  # and the no-flag run (2e-3, 8 epochs)
 QUICK_SWEEP = "5e-3:2,2e-3:8"
+COHORTS = ("demo", "small", "large", "hard")  # (a)-(d) of issue 10, the table's order
 HARD_SUBTYPES = ("adenocarcinoma", "squamous", "mucinous", "sarcomatoid", "neuroendocrine", "clear_cell",
                  "papillary", "signet_ring")
 HARD_FREQUENCIES = (0.30, 0.20, 0.15, 0.12, 0.085, 0.07, 0.05, 0.025)
@@ -237,7 +238,9 @@ def ceiling_figure(result: dict) -> dict:
 def markdown(report: dict) -> str:
     rows = ["| cohort | no-flag mAP@5 [95% CI] | best [flags] | ceiling | mean pooling | chance | per-class min (class) "
             "| rare classes (<= 5 %) | site mixing@5 | train s |", "|" + "---|" * 10]
-    for name, result in report["cohorts"].items():
+    order = [name for name in COHORTS if name in report["cohorts"]] + sorted(set(report["cohorts"]) - set(COHORTS))
+    for name in order:
+        result = report["cohorts"][name]
         figures_ = result["no_flag"]["eval"]
         low, high = figures_["ci95"]
         best = result["best"]
