@@ -21,27 +21,36 @@ def embed(atlas: Path = typer.Argument(..., help="Atlas folder."),
           workers: int = typer.Option(2, "--workers", help="With --ray: actors in the pool (each loads the model once)."),
           num_cpus: float = typer.Option(1.0, "--num-cpus", help="With --ray: CPUs per actor."),
           num_gpus: float = typer.Option(0.0, "--num-gpus", help="With --ray: GPUs per actor (1 puts each actor's model on a GPU)."),
+          no_baseline: bool = flag("--no-baseline", help="Without --model: do not also embed the mean-pooling "
+                                                         "baseline (eval's baseline column) beside the model."),
           quiet: bool = QUIET) -> None:
-    """Embed every slide and profile with a model (resumes; skips what is done)."""
+    """Embed every slide and profile with a model (resumes; skips what is done).
+
+    Without --model: the newest trained model, and the mean-pooling baseline `train` fitted
+    beside it, so that `eval` reports both."""
     from threads_search.atlas.store import open_atlas
-    from threads_search.jobs.embed import embed_atlas, resolve_embed_model
+    from threads_search.jobs.embed import baseline_to_embed, embed_atlas, resolve_embed_model
 
     config = None
     if ray is not None:  # refuse a missing extra or bad counts before touching the atlas
         from threads_search.distributed.cluster import RayConfig
 
         config = RayConfig(address=ray, workers=workers, num_cpus=num_cpus, num_gpus=num_gpus).checked()
+    reports = []
     with open_atlas(atlas) as opened, progress_bar("embedding slides", quiet) as progress:
         model_id, notes = resolve_embed_model(opened, model, weights)
-        if config is None:
-            report = embed_atlas(opened, model_id, progress)
-        else:
-            from threads_search.distributed.embed import embed_atlas_ray
+        baseline = None if model is not None or no_baseline else baseline_to_embed(opened, model_id)
+        for model_to_embed in [model_id] + ([baseline] if baseline else []):
+            if config is None:
+                reports.append(embed_atlas(opened, model_to_embed, progress))
+            else:
+                from threads_search.distributed.embed import embed_atlas_ray
 
-            report = embed_atlas_ray(opened, model_id, config, progress)
-    warn(notes + report.notes)
-    parts = ", ".join(f"{report.embedded.get(m, 0)} {m} (+{report.skipped.get(m, 0)} already)" for m in report.embedded)
-    typer.echo(f"model {report.model_id}: embedded {parts}")
+                reports.append(embed_atlas_ray(opened, model_to_embed, config, progress))
+    warn(notes + [note for report in reports for note in report.notes])
+    for report, role in zip(reports, ["model", "baseline"]):
+        parts = ", ".join(f"{report.embedded.get(m, 0)} {m} (+{report.skipped.get(m, 0)} already)" for m in report.embedded)
+        typer.echo(f"{role} {report.model_id}: embedded {parts}")
 
 
 def index(atlas: Path = typer.Argument(..., help="Atlas folder."),

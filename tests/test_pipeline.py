@@ -129,3 +129,33 @@ def test_train_from_the_cli_stores_the_model_and_a_copy(tmp_path, cohort):
         recipes = dict(atlas.sql("SELECT recipe, model_id FROM models").fetchall())
     assert recipes["threads-abmil-cpu"] == model_id and "meanpool" in recipes
     assert load_model(tmp_path / "checkpoint").in_dim == 768
+
+
+@pytest.mark.parametrize("no_baseline", [False, True])
+def test_embed_without_a_model_also_embeds_the_baseline(tmp_path, cohort, no_baseline):
+    """`embed ATLAS` embeds the newest trained model and the mean-pooling baseline beside it (so
+    `eval` has its baseline column); `--no-baseline` embeds the model only."""
+    import torch
+
+    from threads_search.atlas.embeddings import load_embeddings
+    from threads_search.atlas.store import open_atlas
+    from threads_search.atlas.stored_models import store_model
+    from threads_search.encoders.registry import create_model
+
+    path = new_atlas(tmp_path, cohort)
+    baseline_id = store_fitted_baseline(path)
+    with open_atlas(path) as atlas:
+        torch.manual_seed(0)
+        model_id = store_model(atlas, create_model("threads-abmil-cpu", in_dim=int(atlas.meta("feature_dim")),
+                                                   patch_encoder=atlas.meta("patch_encoder")))
+    result = cli("embed", path, *(["--no-baseline"] if no_baseline else []))
+    assert result.exit_code == 0, result.output
+    with open_atlas(path, read_only=True) as atlas:
+        n_slides = atlas.sql("SELECT count(*) FROM slides").fetchone()[0]
+        model_ids, _ = load_embeddings(atlas, model_id, "slides")
+        baseline_ids, _ = load_embeddings(atlas, baseline_id, "slides")
+    assert len(model_ids) == n_slides and f"model {model_id}: embedded {n_slides} slides" in result.output
+    if no_baseline:
+        assert len(baseline_ids) == 0 and "baseline" not in result.output
+    else:
+        assert len(baseline_ids) == n_slides and f"baseline {baseline_id}: embedded {n_slides} slides" in result.output

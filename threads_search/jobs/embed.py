@@ -56,6 +56,15 @@ def embed_atlas(atlas: Atlas, model_id: str, progress: Progress | None = None,
     return report
 
 
+def baseline_to_embed(atlas: Atlas, model_id: str) -> str | None:
+    """The mean-pooling baseline to embed beside `model_id` (the newest one), None when the atlas
+    has none or `model_id` is it."""
+    from threads_search.atlas.stored_models import baseline_model_id
+
+    baseline = baseline_model_id(atlas)
+    return None if baseline in (None, model_id) else baseline
+
+
 def resolve_embed_model(atlas: Atlas, model: str | None = None, weights=None) -> tuple[str, list[str]]:
     """The model id `embed --model MODEL [--weights FILE]` means, and notes.
 
