@@ -36,9 +36,11 @@ def retrieval_metrics(vectors: np.ndarray, labels: np.ndarray, k: int = 5) -> di
     ranked = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
     relevant = labels[ranked] == labels[:, None]
     precision_at_j = np.cumsum(relevant, axis=1) / np.arange(1, k + 1)
+    average_precision = (precision_at_j * relevant).sum(axis=1) / k
     return {
         "acc@1": float(relevant[:, 0].mean()),
-        f"mAP@{k}": float(np.mean((precision_at_j * relevant).sum(axis=1) / k)),
+        f"mAP@{k}": float(np.mean(average_precision)),
+        f"per_class_mAP@{k}": {str(c): round(float(average_precision[labels == c].mean()), 3) for c in np.unique(labels)},
     }
 
 
@@ -46,7 +48,7 @@ def chance_metrics(labels: np.ndarray, k: int = 5, draws: int = 200, seed: int =
     """The same metrics for random vectors (an empirical chance level)."""
     rng = np.random.default_rng(seed)
     runs = [retrieval_metrics(rng.standard_normal((len(labels), 16)), labels, k) for _ in range(draws)]
-    return {key: float(np.mean([run[key] for run in runs])) for key in runs[0]}
+    return {key: float(np.mean([run[key] for run in runs])) for key in runs[0] if not key.startswith("per_class")}
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -6,6 +6,7 @@ Command modules import nothing heavy at module level, so `--help` stays fast.
 from __future__ import annotations
 
 import errno
+import os
 import sys
 
 import typer
@@ -106,5 +107,20 @@ def _register() -> None:
 _register()
 
 
+# Commands that answer one query do no matrix products with numpy, yet numpy's import starts an
+# OpenBLAS thread team per core: 60-100 ms of a one-off `search` on a busy two-core machine
+# (benchmarks/README.md, "Query path"). A value the user set is kept.
+ONE_QUERY_COMMANDS = frozenset({"search", "info"})
+
+
+def single_threaded_blas_for(argv: list[str]) -> bool:
+    """Set OPENBLAS_NUM_THREADS=1 (if unset) when `argv` runs a one-query command; before numpy loads."""
+    if len(argv) > 1 and argv[1] in ONE_QUERY_COMMANDS and "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+        return True
+    return False
+
+
 def main() -> None:
+    single_threaded_blas_for(sys.argv)
     app()

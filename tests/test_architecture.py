@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -164,3 +167,23 @@ def test_ray_options_without_the_extra_are_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == ["error: --ray needs Ray, which is not installed; install the extra: "
                                                 "pip install -c constraints.txt 'threads-search[ray]'"]
     assert not (tmp_path / "no-atlas").exists()
+
+
+@pytest.mark.parametrize("command, threads", [("search", "1"), ("info", "1"), ("train", None)])
+def test_one_query_commands_start_numpy_with_one_blas_thread(command, threads):
+    """`search` and `info` set OPENBLAS_NUM_THREADS=1 before numpy loads (its thread team costs
+    more to start than they use); other commands keep the environment as it is."""
+    code = textwrap.dedent(f"""
+        import os, sys
+        os.environ.pop("OPENBLAS_NUM_THREADS", None)
+        from threads_search.cli.app import single_threaded_blas_for
+        single_threaded_blas_for(["threads-search", "{command}"])
+        import numpy
+        from threadpoolctl import threadpool_info
+        blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas" and "numpy" in p["filepath"]]
+        print(os.environ.get("OPENBLAS_NUM_THREADS"), blas)
+    """)
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split(maxsplit=1)
+    assert printed[0] == str(threads)
+    if threads == "1":
+        assert printed[1].strip() == "[1]"
