@@ -148,8 +148,10 @@ def main() -> None:
         print(f"seed {seed}: write {write_seconds:.1f} s, {size_mb:.0f} MB, {results['n_heldout_slides']} held-out slides")
         for name in ("chance", "mean_pooling", "oracle_tumour_mean", "raw_expression", "trained_slide_encoder"):
             if name in results:
-                metrics = "  ".join(f"{key} {value:.3f}" for key, value in results[name].items())
-                print(f"  {name:<22} {metrics}")
+                metrics = "  ".join(f"{key} {value:.3f}" for key, value in results[name].items()
+                                    if not isinstance(value, dict))
+                per_class = next((value for value in results[name].values() if isinstance(value, dict)), None)
+                print(f"  {name:<22} {metrics}" + (f"  per class: {per_class}" if per_class else ""))
     RESULTS.mkdir(exist_ok=True)
     command = "python benchmarks/bench_synthetic.py " + " ".join(
         ["--seeds", *map(str, args.seeds)] + (["--train-epochs", str(args.train_epochs)] if args.train_epochs else []))
