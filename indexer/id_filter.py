@@ -59,6 +59,11 @@ class IdFilter:
         """The allowed ids that `index` holds (cached per index object)."""
         return self.for_index(index, "ids", lambda: self.ids[index.holds(self.ids)])
 
+    def cached_bytes(self) -> int:
+        """Bytes held beyond the ids: bitmap and what `for_index` keeps (vectors of tight filters)."""
+        kept = sum(value.nbytes for value in self._per_index.values())
+        return kept + (0 if self._bitmap is None else self._bitmap.nbytes)
+
     def for_index(self, index, name: str, build) -> np.ndarray:
         """`build()` once per (index object, name): what this filter derives from one index, such
         as the ids it holds or their stored vectors (the exact scan of a tight filter)."""

@@ -219,3 +219,16 @@ def test_an_atlas_keeps_only_its_recent_filters(built, monkeypatch):
         kept = atlas.peek("id filters")
         assert len(kept._items) == 2
     assert hits[0] == hits[3]
+
+
+def test_the_filter_cache_keeps_within_its_byte_budget():
+    """Beyond its entry count, the LRU evicts the oldest entries while the kept values weigh more
+    than max_bytes (the newest entry always stays)."""
+    from threads_search.lru import LruCache
+
+    cache = LruCache(16, max_bytes=250, size_of=len)
+    for key in range(4):
+        cache.get(key, lambda: b"x" * 100)
+    assert list(cache._items) == [2, 3]
+    cache.get("big", lambda: b"x" * 400)
+    assert list(cache._items) == ["big"]

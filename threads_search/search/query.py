@@ -406,8 +406,10 @@ def prototype_model(atlas: Atlas, queries: list[Query]) -> str | None:
 
 
 # Filters an atlas keeps per generation (each with its ids, bitmap and, when tight, its vectors):
-# a service answering many different filters keeps the recent ones, not every one it saw.
+# a service answering many different filters keeps the recent ones, not every one it saw, and
+# no more than FILTER_CACHE_BYTES of their bitmaps and vectors (the ids themselves not counted).
 RECENT_FILTERS = 16
+FILTER_CACHE_BYTES = 256 * 2**20
 
 
 def allowed_filter(atlas: Atlas, options: SearchOptions, where):
@@ -431,7 +433,8 @@ def allowed_filter(atlas: Atlas, options: SearchOptions, where):
                 raise InputError(f"the facet selection {options.facets} matches no {options.target}"
                                  + (" under --where" if options.where else ""))
         return IdFilter(allowed)
-    return atlas.cached("id filters", lambda: LruCache(RECENT_FILTERS)).get(key, build)
+    return atlas.cached("id filters", lambda: LruCache(RECENT_FILTERS, max_bytes=FILTER_CACHE_BYTES,
+                                                       size_of=lambda kept: kept.cached_bytes())).get(key, build)
 
 
 def allowed_vids(atlas: Atlas, options: SearchOptions) -> np.ndarray | None:
