@@ -24,9 +24,11 @@ from threads_search.indexer.id_filter import IdFilter
 from threads_search.indexer.validate import prepare_id_set, prepare_k, prepare_vectors
 
 # Filters that leave at most this many ids (or less than the kind's `exact_filter_below`
-# fraction) are answered by an exact scan of those vectors (16 MiB at 1024-d): cheaper than a
-# graph walk or list scan that mostly meets filtered-out ids, and exact.
-EXACT_FILTER_MAX_IDS = 4096
+# fraction) are answered by an exact scan of those vectors (64 MiB at 1024-d, kept with the
+# filter): cheaper than a graph walk or list scan that mostly meets filtered-out ids, and exact.
+# At 10^6 a 1 % filter (10,000 ids) took 40 ms through IVF with its nprobe scaled up, 3 ms as a
+# scan; at 10^5 a 10 % one the same 2.7 ms either way (benchmarks/README.md, "Query path").
+EXACT_FILTER_MAX_IDS = 16_384
 # Vectors reconstructed and scored at a time by the exact scan (64 MiB at 1024-d).
 EXACT_CHUNK_ROWS = 16_384
 # Growth of the GPU over-fetch between rounds.
