@@ -36,17 +36,17 @@ def embed(atlas: Path = typer.Argument(..., help="Atlas folder."),
         from threads_search.distributed.cluster import RayConfig
 
         config = RayConfig(address=ray, workers=workers, num_cpus=num_cpus, num_gpus=num_gpus).checked()
-    reports = []
+    if config is None:
+        embed_one = embed_atlas
+    else:
+        from threads_search.distributed.embed import embed_atlas_ray
+
+        def embed_one(opened, model_id, progress):
+            return embed_atlas_ray(opened, model_id, config, progress)
     with open_atlas(atlas) as opened, progress_bar("embedding slides", quiet) as progress:
         model_id, notes = resolve_embed_model(opened, model, weights)
         baseline = None if model is not None or no_baseline else baseline_to_embed(opened, model_id)
-        for model_to_embed in [model_id] + ([baseline] if baseline else []):
-            if config is None:
-                reports.append(embed_atlas(opened, model_to_embed, progress))
-            else:
-                from threads_search.distributed.embed import embed_atlas_ray
-
-                reports.append(embed_atlas_ray(opened, model_to_embed, config, progress))
+        reports = [embed_one(opened, chosen, progress) for chosen in [model_id] + ([baseline] if baseline else [])]
     warn(notes + [note for report in reports for note in report.notes])
     for report, role in zip(reports, ["model", "baseline"]):
         parts = ", ".join(f"{report.embedded.get(m, 0)} {m} (+{report.skipped.get(m, 0)} already)" for m in report.embedded)
