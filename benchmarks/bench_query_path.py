@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from query_atlas import FILTERS, build_query_atlas  # noqa: E402
+from query_atlas import FILTERS, build_query_atlas, reopen_query_atlas  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 os.environ.setdefault("LANCE_LOG", "error")  # LanceDB logs a deprecation warning per query otherwise (RUST_LOG is not read)
@@ -252,12 +252,13 @@ def cold_cli(atlas_path: Path, slide: str, repeats: int = 5) -> dict:
     return {name: {"median_s": float(np.median(v)), "min_s": float(np.min(v))} for name, v in timings.items()}
 
 
-def run_size(n: int, n_queries: int, work: Path, methods: set[str]) -> dict:
+def run_size(n: int, n_queries: int, work: Path, methods: set[str], reuse: bool = False) -> dict:
     import faiss
 
     faiss.omp_set_num_threads(1)
     atlas_path = work / f"atlas-{n}"
-    built = build_query_atlas(atlas_path, n)
+    reused = reuse and (atlas_path / "CURRENT").exists()
+    built = reopen_query_atlas(atlas_path, n) if reused else build_query_atlas(atlas_path, n)
     vectors, vids, ids = built["vectors"], built["vids"], built["ids"]
     patient = np.arange(n) // 2
     masks = _masks(n)
@@ -272,7 +273,8 @@ def run_size(n: int, n_queries: int, work: Path, methods: set[str]) -> dict:
     candidates = {"threads-search": prepare_product,
                   "faiss-in-product": product_faiss_method(atlas, built["model_id"], vectors, vids, patient_rows, masks),
                   "numpy": numpy_method(vectors, patient, masks)}
-    extra: dict = {"chosen_kind": chosen_kind, "atlas_build_seconds": built["seconds"]}
+    extra: dict = {"chosen_kind": chosen_kind,
+                   ("atlas_reopen_seconds" if reused else "atlas_build_seconds"): built["seconds"]}
     if "faiss" in methods:
         flat = faiss.IndexFlatIP(vectors.shape[1])
         flat.add(vectors)
@@ -348,14 +350,17 @@ def main() -> None:
                         help="peers to include: faiss (flat and the chosen kind), faiss-kind, lancedb (flat and IVF_PQ), lancedb-ivfpq, hnswlib")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--name", default="query_path", help="results/<name>.json")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reopen WORK/atlas-N left by an earlier run (same seed) instead of rebuilding it, and keep it")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-query-path-"))
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     runs = []
     try:
         for n in sizes:
-            runs.append(run_size(n, args.queries, work, set(args.methods.split(","))))
-            shutil.rmtree(work / f"atlas-{n}", ignore_errors=True)
+            runs.append(run_size(n, args.queries, work, set(args.methods.split(",")), args.reuse))
+            if not args.reuse:
+                shutil.rmtree(work / f"atlas-{n}", ignore_errors=True)
             shutil.rmtree(work / "lancedb", ignore_errors=True)
     finally:
         if args.work is None:

@@ -56,6 +56,23 @@ def build_query_atlas(root: Path, n: int, kind: str = "auto", seed: int = 0) -> 
             "seconds": time.perf_counter() - started}
 
 
+def reopen_query_atlas(root: Path, n: int, seed: int = 0) -> dict:
+    """An atlas `build_query_atlas(root, n, seed=seed)` left behind, reopened (its vectors regenerated)."""
+    from threads_search.atlas.items import item_table
+    from threads_search.atlas.store import open_atlas
+    from threads_search.atlas.stored_models import list_models
+    from threads_search.indexer.synthetic import clustered_unit_vectors
+
+    started = time.perf_counter()
+    with open_atlas(root, read_only=True) as atlas:
+        (model_id, _), = list_models(atlas)
+        vids = item_table(atlas, "slides").vids
+    if len(vids) != n:
+        raise SystemExit(f"{root}: holds {len(vids)} slides, not {n}")
+    return {"model_id": model_id, "vectors": clustered_unit_vectors(n, DIM, seed=seed), "vids": vids,
+            "ids": [f"SLIDE-{i:07d}" for i in range(n)], "seconds": time.perf_counter() - started, "reused": True}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100_000)

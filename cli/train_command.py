@@ -34,6 +34,9 @@ def train(ctx: typer.Context,
           batch_size: int = setting("batch_size", "--batch-size"),
           patches_per_slide: int = setting("patches_per_slide"),
           learning_rate: str = setting("learning_rate"),
+          schedule: str = setting("schedule"),
+          decay_epochs: str = setting("decay_epochs"),
+          batch_by: str = setting("batch_by"),
           weight_decay: float = setting("weight_decay"),
           warmup_fraction: float = setting("warmup_fraction"),
           max_logit_scale: float = setting("max_logit_scale"),
@@ -87,7 +90,7 @@ def _train_model(atlas: Path, build_config, where: str | None, label: str | None
     from threads_search.atlas.store import open_atlas
     from threads_search.jobs.builtin_models import refuse_training_without_profiles
     from threads_search.training.job import train_atlas_model
-    from threads_search.training.summary import learning_rate_line, validation_line
+    from threads_search.training.summary import kept_epoch_text, learning_rate_line, schedule_line, validation_line
 
     with open_atlas(atlas) as opened:
         refuse_training_without_profiles(opened)
@@ -100,9 +103,10 @@ def _train_model(atlas: Path, build_config, where: str | None, label: str | None
 
         save_model(training.model, out)
     typer.echo(f"trained model {result.model_id} ({config.recipe}) on {result.n_slides} slides of {result.n_patients} "
-               f"patients; best epoch {training.best_epoch} of {len(training.history)}, device {training.device}")
-    for line in (learning_rate_line(training, config.eval_k),
-                 validation_line(training.initial_val_map, training.history, training.val_modalities, label, config.eval_k)):
+               f"patients; {kept_epoch_text(training)}, device {training.device}")
+    for line in (learning_rate_line(training, config.eval_k), schedule_line(training, config.eval_k),
+                 validation_line(training.initial_val_map, training.history, training.val_modalities, label, config.eval_k,
+                                 kept_epoch=training.best_epoch)):
         if line:
             typer.echo(line)
     typer.echo(f"baseline model {result.baseline_id} (meanpool) fitted on the same selection")

@@ -94,7 +94,7 @@ def test_worst_and_rare_classes_are_listed_beside_the_mean():
         "common": {"mAP@5": 0.9, "n_queries": 40},
         "middling": {"mAP@5": 0.5, "n_queries": 20},
         "poor": {"mAP@5": 0.2, "n_queries": 10},
-        "rare": {"mAP@5": 0.1, "n_queries": 2},
+        "rare": {"mAP@5": 0.1, "n_queries": 2, "attainable": {"mAP@5": 0.6}},
         "rarest": {"mAP@5": None, "n_queries": 0},  # no queries: not among the worst, still rare
     }
     prevalence = Prevalence({"common": 120, "middling": 60, "poor": 30, "rare": 10, "rarest": 3}, 200, "atlas patients")
@@ -103,12 +103,27 @@ def test_worst_and_rare_classes_are_listed_beside_the_mean():
     # Rare: <= 5% of 200 patients = at most 10 patients; rarest first.
     assert [e["class"] for e in highlights["rare"]] == ["rarest", "rare"]
     assert highlights["rare"][1] == {"class": "rare", "mAP@5": 0.1, "n_queries": 2, "prevalence_patients": 10,
-                                     "prevalence_share": 0.05}
+                                     "prevalence_share": 0.05, "attainable": 0.6}
     worst, rare = describe_highlights(highlights)
-    assert worst == ("worst classes by mAP@5: rare 0.100 (2 queries, 10 patients), poor 0.200 (10 queries, "
-                     "30 patients), middling 0.500 (20 queries, 60 patients)")
+    assert worst == ("worst classes by mAP@5: rare 0.100 (2 queries, 10 patients, at most 0.600), poor 0.200 "
+                     "(10 queries, 30 patients), middling 0.500 (20 queries, 60 patients)")
     assert rare == ("rare classes (<= 5% of 200 atlas patients): rarest - (0 queries, 3 patients), "
-                    "rare 0.100 (2 queries, 10 patients)")
+                    "rare 0.100 (2 queries, 10 patients, at most 0.600)")
+
+
+def test_attainable_is_what_a_perfect_ranking_scores_per_class():
+    """A class whose queries have fewer than K relevant items outside their own patient cannot reach 1."""
+    from threads_search.evaluation.retrieval import evaluate_ranking
+
+    # Database: a, a, b, b, b, b (patients d1..d6); queries: one a, one b (new patients).
+    db_labels, db_patients = ["a", "a", "b", "b", "b", "b"], ["d1", "d2", "d3", "d4", "d5", "d6"]
+    perfect = np.array([[0, 1, 2, 3, 4], [2, 3, 4, 5, 0]])
+    result = evaluate_ranking(perfect, ["a", "b"], ["q1", "q2"], db_labels, db_patients, ks=(1, 5), n_bootstrap=0)
+    payload = result.to_dict()
+    assert payload["per_class"]["a"]["attainable"] == {"mAP@1": 1.0, "mAP@5": 2 / 5}
+    assert payload["per_class"]["b"]["attainable"] == {"mAP@1": 1.0, "mAP@5": 4 / 5}
+    for label in ("a", "b"):  # the perfect ranking reaches it exactly
+        assert payload["per_class"][label]["mAP@5"] == pytest.approx(payload["per_class"][label]["attainable"]["mAP@5"])
 
 
 def test_report_highlights_count_distinct_patients_on_both_sides():

@@ -22,6 +22,7 @@ from threads_search.training.trainer import (
     TrainingConfig,
     TrainingDiverged,
     clip_loss,
+    plan_batches,
     retrieval_at_k,
     train_model,
 )
@@ -59,7 +60,7 @@ def paired_cohort(n_patients: int = 60, n_classes: int = 3, dim: int = 32, n_gen
 
 def config(**overrides) -> TrainingConfig:
     base = dict(recipe="threads-abmil", model=TINY_MODEL, epochs=12, batch_size=16, learning_rate=1e-3,
-                val_fraction=0.3, patience=100, seed=0, device="cpu")
+                val_fraction=0.3, patience=100, seed=0, device="cpu", schedule="cosine")
     return TrainingConfig(**{**base, **overrides})
 
 
@@ -132,6 +133,95 @@ def test_early_stopping_keeps_the_best_epoch_when_validation_stalls():
     result = train_model(paired_cohort(n_patients=30), config(epochs=10, patience=2, learning_rate=1e-12))
     assert result.stopped_early and len(result.history) == 2 and result.best_epoch == 0
     assert all(record.val_map == result.initial_val_map for record in result.history)
+
+
+def test_wsd_holds_the_peak_rate_then_decays_from_the_best_epoch_to_zero():
+    rates = []
+    result = train_model(paired_cohort(n_patients=30), config(epochs=6, patience=2, schedule="wsd", decay_epochs=3,
+                                                              warmup_fraction=0.0), on_epoch=rates.append)
+    stable = result.history[:-3]
+    assert all(math.isclose(r.learning_rate, 1e-3) for r in stable)  # no cosine in the stable phase
+    assert 1 <= result.decayed_from_epoch <= len(stable)
+    assert result.decayed_from_epoch == max(range(len(stable)), key=lambda i: (stable[i].val_map, -i)) + 1
+    decay = [r.learning_rate for r in result.history[-3:]]
+    assert decay == sorted(decay, reverse=True) and decay[-1] == 0.0 and decay[0] < 1e-3
+    assert result.best_epoch == len(result.history)  # the decayed weights are kept
+
+
+def test_wsd_decay_epochs_auto_is_a_quarter_of_the_epochs_to_the_best_and_at_least_two():
+    result = train_model(paired_cohort(n_patients=30), config(epochs=3, patience=100, schedule="wsd"))
+    assert result.decayed_from_epoch is not None and len(result.history) == 3 + 2
+
+
+def test_paired_gain_is_the_weighted_difference_with_its_standard_error():
+    from threads_search.training.schedule_choice import paired_gain
+
+    weights = np.array([0.25, 0.25, 0.5])  # two modalities: 2 queries of one, 1 of the other
+    long_ap, short_ap = np.array([0.5, 0.3, 0.9]), np.array([0.1, 0.3, 0.6])
+    gain, error = paired_gain((long_ap, weights), (short_ap, weights))
+    d = long_ap - short_ap  # 0.4, 0.0, 0.3
+    assert math.isclose(gain, 0.25 * 0.4 + 0.5 * 0.3)
+    assert math.isclose(error, math.sqrt(sum(w * w * (x - gain) ** 2 for w, x in zip(weights, d)) * 3 / 2))
+
+
+def _fake_run(ap, epochs):
+    history = [training.EpochRecord(e, 1.0, float(np.mean(ap)), 1.0, 1e-3, 0.07, 0.1) for e in range(1, epochs + 1)]
+    return training.TrainingResult(model=None, history=history, best_epoch=epochs, initial_val_map=0.0,
+                                   train_patients=[], val_patients=[], device="cpu",
+                                   val_queries=(np.asarray(ap, float), np.full(len(ap), 1 / len(ap))))
+
+
+@pytest.mark.parametrize("long_ap, kept", [([0.30, 0.32, 0.28, 0.31], "long"),   # gains 0.2, every query
+                                           ([0.90, 0.10, 0.05, 0.09], "short")])  # one query: within one SE
+def test_schedule_auto_keeps_the_long_run_only_beyond_one_standard_error(long_ap, kept):
+    from threads_search.training.schedule_choice import SHORT_EPOCHS, choose_schedule
+
+    short_ap = [0.10, 0.12, 0.08, 0.11]
+    calls = []
+
+    def fake_train(dataset, cfg, on_step, on_epoch):
+        calls.append((cfg.schedule, cfg.epochs, on_epoch is not None))
+        return _fake_run(long_ap if cfg.epochs == 24 else short_ap, cfg.epochs)
+
+    result = choose_schedule(None, config(epochs=24, schedule="auto"), fake_train, None, print)
+    assert calls == [("cosine", 24, True), ("cosine", SHORT_EPOCHS, False)]  # the long run reports progress
+    assert result.schedule_choice["kept"] == kept
+    assert len(result.history) == (24 if kept == "long" else SHORT_EPOCHS)
+
+
+def test_schedule_auto_with_at_most_eight_epochs_is_the_cosine_run_bit_for_bit():
+    cohort = paired_cohort(n_patients=24)
+    auto = train_model(cohort, config(epochs=2, batch_size=8, schedule="auto"))
+    cosine = train_model(cohort, config(epochs=2, batch_size=8, schedule="cosine"))
+    assert auto.schedule_choice["reason"] == "epochs <= 8"
+    state, other = auto.model.state_dict(), cosine.model.state_dict()
+    assert all(torch.equal(state[name], other[name]) for name in state)
+
+
+def test_batches_by_group_never_mix_groups_and_cover_every_patient_once():
+    groups = {f"P{i:02d}": f"site{i % 3}" for i in range(70)} | {"Q1": "lonely"}
+    order = [*groups, "N1", "N2"]  # N1, N2: no group
+    batches = plan_batches(order, 16, groups)
+    seen = [p for batch in batches for p in batch]
+    assert sorted(seen) == sorted(order) and len(seen) == len(set(seen))
+    grouped = [b for b in batches if not set(b) & {"Q1", "N1", "N2"}]
+    assert all(len({groups[p] for p in b}) == 1 for b in grouped)
+    assert sorted(len(b) for b in grouped) == [11, 11, 12, 12, 12, 12]  # 23-24 per site in two equal batches
+    assert plan_batches(order[:5], 2) == [order[0:2], order[2:4]]  # without groups: consecutive, a single dropped
+
+
+def test_batch_by_trains_within_site_batches():
+    cohort = paired_cohort(n_patients=40)
+    sites = {p: f"site{i % 2}" for i, p in enumerate(cohort.expression.patient_ids)}
+    grouped = PairedDataset(cohort.slides, cohort.expression, labels=cohort.labels, groups=sites)
+    seen = []
+    original = training._ContrastiveRun.step
+    try:
+        training._ContrastiveRun.step = lambda self, patients: (seen.append(list(patients)), original(self, patients))[1]
+        train_model(grouped, config(epochs=2, batch_by="site"))
+    finally:
+        training._ContrastiveRun.step = original
+    assert seen and all(len({sites[p] for p in batch}) == 1 for batch in seen)
 
 
 def test_nan_loss_stops_with_the_last_good_state(monkeypatch):

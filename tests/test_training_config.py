@@ -84,6 +84,7 @@ CLI_VALUES = {
     "max_logit_scale": (["50"], 50.0), "grad_clip_norm": (["off"], None), "val_fraction": (["0.3"], 0.3),
     "patience": (["2"], 2), "eval_k": (["10"], 10), "n_top_genes": (["all"], None), "max_mutation_genes": (["40"], 40),
     "seed": (["11"], 11), "device": (["cpu"], "cpu"), "threads": (["3"], 3),
+    "schedule": (["wsd"], "wsd"), "decay_epochs": (["3"], 3), "batch_by": (["site"], "site"),
 }
 
 
@@ -240,9 +241,10 @@ def test_the_defaults_are_the_demo_recipe_but_for_the_recipe_and_the_schedule():
 
     demo = TrainingConfig.from_toml(demo_recipe_path())
     defaults = TrainingConfig()
-    assert (defaults.learning_rate, defaults.epochs, defaults.patience) == (5e-3, 24, 4)
+    assert (defaults.learning_rate, defaults.epochs, defaults.patience, defaults.schedule) == (5e-3, 24, 4, "auto")
+    assert demo.schedule == "cosine"
     assert (demo.learning_rate, demo.epochs, demo.patience) == (2e-3, 8, 8)
-    schedule = {"recipe": defaults.recipe, "learning_rate": 5e-3, "epochs": 24, "patience": 4}
+    schedule = {"recipe": defaults.recipe, "learning_rate": 5e-3, "epochs": 24, "patience": 4, "schedule": "auto"}
     assert replace(demo, **schedule) == defaults
 
 

@@ -35,16 +35,18 @@ def class_highlights(per_class: dict[str, dict[str, Any]], metric: str, prevalen
                      n_worst: int = N_WORST, rare_share: float = RARE_PATIENT_SHARE) -> dict[str, Any]:
     """{"metric", "rare_share", "prevalence": {n_patients, scope}, "worst": [...], "rare": [...]}.
 
-    per_class: class -> {metric: value or None, "n_queries", ...} (the JSON form of a report's
-    per-class table). Each listed class is {"class", metric, "n_queries",
-    "prevalence_patients" (patients with it in the reference population), "prevalence_share"};
+    per_class: class -> {metric: value or None, "n_queries", "attainable": {metric: ...}, ...} (the
+    JSON form of a report's per-class table). Each listed class is {"class", metric, "n_queries",
+    "prevalence_patients" (patients with it in the reference population), "prevalence_share",
+    "attainable" (the figure a perfect ranking reaches, None when unknown)};
     worst classes come lowest first, rare ones rarest first (a rare class without queries is
     listed with metric None).
     """
     def entry(label: str) -> dict[str, Any]:
         figures = per_class[label]
         return {"class": label, metric: figures.get(metric), "n_queries": int(figures.get("n_queries") or 0),
-                "prevalence_patients": prevalence.counts.get(label, 0), "prevalence_share": prevalence.share(label)}
+                "prevalence_patients": prevalence.counts.get(label, 0), "prevalence_share": prevalence.share(label),
+                "attainable": (figures.get("attainable") or {}).get(metric)}
 
     scored = [label for label, figures in per_class.items() if figures.get(metric) is not None]
     worst = sorted(scored, key=lambda label: (per_class[label][metric], label))[:n_worst]
@@ -63,12 +65,17 @@ def describe_highlights(highlights: dict[str, Any]) -> list[str]:
 
     def listed(entries: list[dict[str, Any]]) -> str:
         return ", ".join(f"{e['class']} {_figure(e[metric])} ({e['n_queries']} queries, "
-                         f"{e['prevalence_patients']} patients)" for e in entries)
+                         f"{e['prevalence_patients']} patients{_ceiling(e.get('attainable'))})" for e in entries)
 
     lines = [f"worst classes by {metric}: {listed(highlights['worst']) or 'none'}"]
     share = f"<= {highlights['rare_share']:.0%} of {population['n_patients']} {population['scope']}"
     lines.append(f"rare classes ({share}): {listed(highlights['rare']) or 'none'}")
     return lines
+
+
+def _ceiling(attainable: float | None) -> str:
+    """', at most 0.600' when too few relevant items keep even a perfect ranking below 1."""
+    return "" if attainable is None or attainable >= 1 - 1e-9 else f", at most {attainable:.3f}"
 
 
 def _figure(value: float | None) -> str:

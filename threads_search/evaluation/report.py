@@ -78,6 +78,7 @@ class RetrievalReport:
     definitions: dict[str, str]
     per_query: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     class_patient_counts: dict[str, int] = field(default_factory=dict)
+    class_attainable: dict[str, dict[str, float]] = field(default_factory=dict)  # class -> {"mAP@K": perfect-ranking figure}
     prevalence: Any = None
     site_mixing: Any = None
 
@@ -90,7 +91,8 @@ class RetrievalReport:
         model = self.model.to_dict()
         per_class = {
             label: {**figures, "n_database": self.class_database_counts.get(label, 0),
-                    "n_patients": self.class_patient_counts.get(label, 0)}
+                    "n_patients": self.class_patient_counts.get(label, 0),
+                    "attainable": self.class_attainable.get(str(label), {})}
             for label, figures in model["per_class"].items()
         }
         result: dict[str, Any] = {

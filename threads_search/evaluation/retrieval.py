@@ -40,7 +40,8 @@ DEFINITIONS: dict[str, str] = {
     "ci95": "percentile bootstrap 95% interval resampling query patients with replacement "
     "(widened, if needed, to contain the point estimate)",
     "per_class": "metrics averaged over the queries of each label; n_database = items with it; "
-    "n_patients = distinct patients with it on either side",
+    "n_patients = distinct patients with it on either side; attainable = the highest mAP@K its queries "
+    "could reach, mean of min(R_q, K) / K (a class whose queries have fewer than K relevant items cannot reach 1)",
     "class_highlights": "per mAP@K: the worst classes (lowest per-class figure) and the rare ones "
     f"(carried by <= {RARE_PATIENT_SHARE:.0%} of the patients in `prevalence`: the atlas's patients "
     "for `eval`, else the distinct patients on either side)",
@@ -184,6 +185,7 @@ def evaluate_ranking(
         per_query={**_per_query_table(query_ids, sides, groups, model_values, chance_values),
                    **(mixing.per_query if mixing is not None else {})},
         class_patient_counts=sides.class_patient_counts(),
+        class_attainable=_attainable_map(ranked, sides, cutoffs),
         prevalence=prevalence or Prevalence(sides.class_patient_counts(), sides.n_patients(), "evaluated patients"),
         site_mixing=mixing,
     )
@@ -331,6 +333,17 @@ def _warnings(ranked: RankedQueries, sides: _Sides, k_max: int, n_overlap: int |
             "their rankings are padded"
         )
     return notes
+
+
+def _attainable_map(ranked: RankedQueries, sides: _Sides, cutoffs) -> dict[str, dict[str, float]]:
+    """class -> {"mAP@K": the figure a perfect ranking reaches for its queries}: mean of min(R_q, K) / K."""
+    relevant = ranked.n_relevant
+    attainable = {}
+    for label in sides.classes:
+        members = sides.query_classes == label
+        if members.any():
+            attainable[str(label)] = {f"mAP@{k}": float(np.minimum(relevant[members], k).mean() / k) for k in cutoffs}
+    return attainable
 
 
 def _per_query_table(

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping
 from threads_search.errors import InputError
 
 DEVICES = ("auto", "cpu", "cuda")
+SCHEDULES = ("auto", "cosine", "wsd")
 
 
 def setting(default: Any, help: str, *, unit: str = "", low: float | None = None, high: float | None = None,
@@ -63,6 +64,18 @@ class TrainingConfig:
     learning_rate: float | None = setting(5e-3, "Peak AdamW learning rate (after warm-up, then cosine decay); "
                                           "'auto': a short seeded sweep on the validation split picks it.",
                                           low=0.0, high=1.0, open_low=True, none="auto")
+    schedule: str = setting("auto", "Learning-rate schedule after the warm-up. cosine: decay over the planned "
+                            "epochs (early stopping keeps the best epoch). auto: cosine over 8 epochs and cosine over "
+                            "--epochs, the longer kept only when it beats the shorter on the validation split by more "
+                            "than one standard error. wsd (warm-up, stable, decay): the peak rate until validation "
+                            "stops improving, then the best epoch's weights decay linearly to 0 over --decay-epochs. "
+                            "(train --slide-encoder always uses cosine.)", choices=SCHEDULES)
+    decay_epochs: int | None = setting(None, "wsd: epochs of the final linear decay ('auto': a quarter of the "
+                                       "epochs up to the best one, at least 2).", unit="epochs", low=1, high=10_000,
+                                       none="auto")
+    batch_by: str | None = setting(None, "Metadata column (e.g. site) whose value all patients of a step share, so "
+                                   "that negatives come from the same site and the site cannot tell pairs apart "
+                                   "('off': batches mix everything).", none="off")
     weight_decay: float = setting(0.01, "AdamW weight decay on weight matrices.", low=0.0, high=10.0)
     warmup_fraction: float = setting(0.1, "Linear warm-up length.", unit="fraction of all planned steps",
                                      low=0.0, high=1.0, open_high=True, flag="--warmup")

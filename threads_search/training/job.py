@@ -81,8 +81,10 @@ def default_recipe(device: str) -> str:
     return "threads-abmil-cpu"
 
 
-def paired_dataset(atlas: Atlas, where_sql: str | None = None, label_column: str | None = None):
-    """The training selection: slides matching `where`, paired with all profiles of their patients."""
+def paired_dataset(atlas: Atlas, where_sql: str | None = None, label_column: str | None = None,
+                   group_column: str | None = None):
+    """The training selection: slides matching `where`, paired with all profiles of their patients
+    (`label_column`: validation relevance; `group_column`: the batch groups, config.batch_by)."""
     from threads_search.training.paired_data import PairedDataset
 
     where = check_where(atlas, where_sql)
@@ -93,10 +95,13 @@ def paired_dataset(atlas: Atlas, where_sql: str | None = None, label_column: str
     labels = None
     if label_column:
         labels = {p: v for p, v in patient_labels(atlas, "slides", label_column).items() if p in patients}
+    groups = None
+    if group_column:
+        groups = {p: v for p, v in patient_labels(atlas, "slides", group_column).items() if p in patients}
     feature_dim = int(atlas.meta("feature_dim"))
     return PairedDataset(slides=_slide_sources(slides, feature_dim),
                          expression=_profile_table(atlas, "expression", patients),
-                         mutations=_profile_table(atlas, "mutations", patients), labels=labels)
+                         mutations=_profile_table(atlas, "mutations", patients), labels=labels, groups=groups)
 
 
 def train_atlas_model(atlas: Atlas, config=None, where_sql: str | None = None, label_column: str | None = None,
@@ -107,7 +112,7 @@ def train_atlas_model(atlas: Atlas, config=None, where_sql: str | None = None, l
     config = config or TrainingConfig()
     if not atlas.meta("feature_dim"):
         raise AtlasError(f"{atlas.root}: no slides ingested; run `threads-search ingest slides` first")
-    dataset = paired_dataset(atlas, where_sql, label_column)
+    dataset = paired_dataset(atlas, where_sql, label_column, config.batch_by)
     if dataset.expression is None and dataset.mutations is None:
         raise TrainingError("no expression or mutation profile belongs to the selected slides' patients; nothing to pair")
     model_overrides = {"in_dim": int(atlas.meta("feature_dim")), "patch_encoder": atlas.meta("patch_encoder") or ""}
@@ -121,7 +126,8 @@ def train_atlas_model(atlas: Atlas, config=None, where_sql: str | None = None, l
                   "initial_val_map": result.initial_val_map, "device": result.device,
                   "history": [vars(r) for r in result.history], "config": _config_dict(requested),
                   "learning_rate_sweep": {str(k): v for k, v in result.learning_rate_sweep.items()},
-                  "chosen_learning_rate": result.chosen_learning_rate}
+                  "chosen_learning_rate": result.chosen_learning_rate,
+                  "decayed_from_epoch": result.decayed_from_epoch, "schedule_choice": result.schedule_choice}
     model_id, baseline_id = store_models(atlas, [(result.model, provenance),
                                                  (_fitted_baseline(dataset, config), {"where": where_sql, "baseline": True})])
     return TrainJobResult(model_id=model_id, baseline_id=baseline_id, training=result,

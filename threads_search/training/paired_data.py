@@ -66,6 +66,7 @@ class PairedDataset:
     expression: PairedProfiles | None = None
     mutations: PairedProfiles | None = None
     labels: Mapping[str, str] | None = None
+    groups: Mapping[str, str] | None = None  # patient_id -> batch group (config.batch_by, e.g. the site)
 
     def profile_tables(self) -> dict[str, PairedProfiles]:
         tables = {"expression": self.expression, "mutations": self.mutations}
