@@ -347,7 +347,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="1e4,1e5,1e6")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--methods", default="faiss,lancedb,hnswlib",
-                        help="peers to include: faiss (flat and the chosen kind), faiss-kind, lancedb (flat and IVF_PQ), lancedb-ivfpq, hnswlib")
+                        help="peers to include: faiss (flat and the chosen kind), faiss-kind, lancedb (flat and IVF_PQ), "
+                             "lancedb-ivfpq, hnswlib; product-only: none (the product, its indexer call and numpy)")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--name", default="query_path", help="results/<name>.json")
     parser.add_argument("--reuse", action="store_true",

@@ -275,3 +275,28 @@ def test_threads_reach_torch_while_training_and_the_callers_setting_comes_back(t
         torch.set_num_threads(previous)
     assert TrainingConfig().threads == 1
     assert tomllib.loads(TrainingConfig(threads=None).to_toml())["threads"] == "torch"
+
+
+def test_batch_by_an_unknown_column_is_one_line_and_trains_nothing(trained):
+    atlas, _, _ = trained
+    before = runner.invoke(app, ["info", str(atlas), "--json"]).stdout
+    result = runner.invoke(app, ["train", str(atlas), "--where", "cohort = 'train'", "--batch-by", "no_such_column",
+                                 "--epochs", "1", "--quiet"])
+    assert result.exit_code != 0
+    message = result.output.strip()
+    assert "no_such_column" in message and len(message.splitlines()) == 1
+    assert runner.invoke(app, ["info", str(atlas), "--json"]).stdout == before
+
+
+def test_batch_by_site_trains_and_is_stored_with_the_model(trained, tmp_path):
+    atlas, config, _ = trained
+    path = tmp_path / "by_site.toml"
+    path.write_text(replace(config, batch_by="site", epochs=1).to_toml())
+    result = runner.invoke(app, ["train", str(atlas), "--config", str(path), "--where", "cohort = 'train'", "--quiet"])
+    assert result.exit_code == 0, result.output
+    model_id = re.search(r"trained model (\w+)", result.stdout).group(1)
+    import json
+
+    stored = next(m for m in json.loads(runner.invoke(app, ["info", str(atlas), "--json"]).stdout)["models"]
+                  if m["model_id"] == model_id)
+    assert stored["training"]["config"]["batch_by"] == "site"

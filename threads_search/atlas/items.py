@@ -238,7 +238,9 @@ class ItemLookup:
     def __init__(self, table) -> None:
         import pyarrow.compute as pc
 
-        self.table = table.take(pc.sort_indices(table, [("vid", "ascending")]))
+        # combine_chunks: contiguous buffers make the k-row take of `metadata` ~10x faster at 10^6 items
+        # (1.3 -> 0.12 ms for 10 hits, benchmarks/README.md "Query path").
+        self.table = table.take(pc.sort_indices(table, [("vid", "ascending")])).combine_chunks()
         self.vids = int64_column(self.table, "vid")
         self.modalities = np.asarray(self.table.column("modality").to_pylist(), dtype=object)
         items = self.table.column("item_id").to_pylist()
